@@ -1,0 +1,2 @@
+//! The dag! macro.
+use proc_macro as _;
