@@ -1,1 +1,85 @@
-//! Cascade persistence.
+//! Cascade persistence: DAGs, jobs and task executions over PostgreSQL or
+//! embedded SQLite.
+//!
+//! A [`Store`] is a cheap, cloneable handle made of domain verbs
+//! ([`Store::upsert_dag`], [`Store::create_job`], [`Store::transition_task`],
+//! [`Store::commit_transitions`], …); callers never see SQL or connection types.
+//! Every state change is a compare-and-set: a task transition applies only if
+//! the row is still in the expected state with the expected fencing token, so
+//! a stale writer cannot overwrite newer state.
+//!
+//! Backends:
+//! - **PostgreSQL** (`postgres://user:password@host/db`): a pool of
+//!   `AsyncPgConnection`s, everything in the `cascade` schema, no libpq.
+//! - **SQLite** (`sqlite://path.db`, `sqlite:///abs/path.db`, `sqlite::memory:`,
+//!   or no URL for `./cascade.db`): WAL, one writer connection that serialises
+//!   every write, and a small read pool.
+//!
+//! Migrations are embedded and applied by [`Store::open`]. A database migrated
+//! by a newer build is refused with [`StoreError::SchemaTooNew`].
+//!
+//! ```no_run
+//! use cascade_store::{JobStatus, NewDag, NewJob, NewTask, Store, TaskStatus};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> cascade_store::Result<()> {
+//! let store = Store::open(Some("sqlite://cascade.db")).await?;
+//! let dag = store
+//!     .upsert_dag(NewDag {
+//!         name: "etl".into(),
+//!         description: "extract, load".into(),
+//!         schedule: None,
+//!         definition: r#"{"ir_version":1}"#.into(),
+//!         hash: "abc123".into(),
+//!     })
+//!     .await?;
+//! let created = store
+//!     .create_job(NewJob {
+//!         dag_id: dag.id,
+//!         dag_version: dag.version,
+//!         status: JobStatus::Pending,
+//!         trigger: "manual".into(),
+//!         params: json!({ "environment": "dev" }),
+//!         idempotency_key: Some("2026-11-26".into()),
+//!         tasks: vec![NewTask {
+//!             task_id: "extract".into(),
+//!             queue: "default".into(),
+//!             status: TaskStatus::Queued,
+//!             attempt: 0,
+//!             fencing_token: 0,
+//!             started_at: None,
+//!         }],
+//!     })
+//!     .await?;
+//! let details = store.get_job_with_details(created.job.id).await?;
+//! assert_eq!(details.tasks.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+mod batch;
+mod connect;
+mod error;
+mod ids;
+mod json;
+mod model;
+mod options;
+mod rows;
+mod schema;
+mod store;
+mod url;
+
+#[cfg(any(test, feature = "__test-util"))]
+#[doc(hidden)]
+pub mod testing;
+
+pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
+pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
+pub use crate::model::{
+    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition,
+    NewDag, NewJob, NewTask, TaskAttempt, TaskChanges, TaskExecution, TaskTransition,
+    TransitionBatch,
+};
+pub use crate::options::{SqliteSynchronous, StoreOptions};
+pub use crate::store::{Backend, Store};

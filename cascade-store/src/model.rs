@@ -1,0 +1,321 @@
+//! The records the store returns and the inputs it accepts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{DagId, JobId, JobStatus, TaskStatus};
+
+/// A registered DAG: its latest version plus scheduling flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagRecord {
+    /// Database identity.
+    pub id: DagId,
+    /// Unique name (the `name:` of the `dag!`).
+    pub name: String,
+    /// Human description of the latest version.
+    pub description: String,
+    /// Latest version number, starting at 1 and bumped whenever the hash changes.
+    pub version: i32,
+    /// Content hash of the latest definition.
+    pub hash: String,
+    /// Cron schedule of the latest version, if any.
+    pub schedule: Option<String>,
+    /// Whether scheduled runs are paused.
+    pub paused: bool,
+    /// When the DAG was first registered.
+    pub created_at: DateTime<Utc>,
+    /// When the record last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One stored version of a DAG definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagVersion {
+    /// The DAG this version belongs to.
+    pub dag_id: DagId,
+    /// Version number.
+    pub version: i32,
+    /// Content hash of `definition`.
+    pub hash: String,
+    /// The IR JSON exactly as it was registered.
+    pub definition: String,
+    /// When this version was registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One run of a DAG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Database identity.
+    pub id: JobId,
+    /// The DAG being run.
+    pub dag_id: DagId,
+    /// The DAG version the job was created from.
+    pub dag_version: i32,
+    /// Current state.
+    pub status: JobStatus,
+    /// What started the job (`"manual"`, `"schedule"`, …).
+    pub trigger: String,
+    /// The trigger's parameters.
+    pub params: Value,
+    /// The caller's idempotency key, if one was given.
+    pub idempotency_key: Option<String>,
+    /// Why the job failed, if it did.
+    pub error: Option<String>,
+    /// When the job was created.
+    pub created_at: DateTime<Utc>,
+    /// When the job first became `running`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the job reached a terminal state.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// The stored state of one task within one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskExecution {
+    /// Row identity.
+    pub id: i64,
+    /// The job this execution belongs to.
+    pub job_id: JobId,
+    /// The task's id within the DAG.
+    pub task_id: String,
+    /// Current state.
+    pub status: TaskStatus,
+    /// Current attempt number (0 before the first attempt starts).
+    pub attempt: i32,
+    /// Token that a writer must present to change this row (see [`TaskTransition`]).
+    pub fencing_token: i64,
+    /// The worker running or last running it.
+    pub worker: Option<String>,
+    /// Queue the task is dispatched on.
+    pub queue: String,
+    /// The handler's result, once successful.
+    pub result: Option<Value>,
+    /// The last error.
+    pub error: Option<String>,
+    /// When an `up_for_retry` task becomes due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the running attempt's lease lapses.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the current attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the task reached a terminal state.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One finished attempt of a task, kept as history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAttempt {
+    /// The job.
+    pub job_id: JobId,
+    /// The task's id within the DAG.
+    pub task_id: String,
+    /// Attempt number.
+    pub attempt: i32,
+    /// How the attempt ended.
+    pub status: TaskStatus,
+    /// The worker that ran it.
+    pub worker: Option<String>,
+    /// The error, if it failed.
+    pub error: Option<String>,
+    /// Captured output or result, as text.
+    pub output: Option<String>,
+    /// When the attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the attempt ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job together with its DAG and all its task executions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDetails {
+    /// The job.
+    pub job: Job,
+    /// The DAG it runs (latest version of the record).
+    pub dag: DagRecord,
+    /// Its task executions, ordered by row id (creation order).
+    pub tasks: Vec<TaskExecution>,
+}
+
+/// A DAG to register with [`Store::upsert_dag`](crate::Store::upsert_dag).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewDag {
+    /// Unique name; registering the same name again updates the DAG.
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// Cron schedule, if any.
+    pub schedule: Option<String>,
+    /// The IR JSON; stored exactly as given.
+    pub definition: String,
+    /// Content hash of `definition`; a different hash makes a new version.
+    pub hash: String,
+}
+
+/// A task row to create with its job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// The task's id within the DAG; unique within the job.
+    pub task_id: String,
+    /// Queue to dispatch it on.
+    pub queue: String,
+    /// Initial state (usually `pending`, or `queued` for roots).
+    pub status: TaskStatus,
+    /// Initial attempt number.
+    pub attempt: i32,
+    /// Initial fencing token.
+    pub fencing_token: i64,
+    /// Start time, if the task is created already running.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A job to create with [`Store::create_job`](crate::Store::create_job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The DAG to run.
+    pub dag_id: DagId,
+    /// The DAG version to run.
+    pub dag_version: i32,
+    /// Initial state.
+    pub status: JobStatus,
+    /// What started the job.
+    pub trigger: String,
+    /// The trigger's parameters.
+    pub params: Value,
+    /// When set, creating a second job of the same DAG with the same key
+    /// returns the first one instead.
+    pub idempotency_key: Option<String>,
+    /// Every task of the job; all rows are written in the job's transaction.
+    pub tasks: Vec<NewTask>,
+}
+
+/// What [`Store::create_job`](crate::Store::create_job) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedJob {
+    /// The new job, or the existing job whose idempotency key matched.
+    pub job: Job,
+    /// `false` when the idempotency key matched an existing job (no rows were written).
+    pub created: bool,
+}
+
+/// Which jobs [`Store::list_jobs`](crate::Store::list_jobs) returns, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    /// Only jobs of this DAG.
+    pub dag_id: Option<DagId>,
+    /// Only jobs in this state.
+    pub status: Option<JobStatus>,
+    /// Page size (default 100).
+    pub limit: i64,
+    /// Number of jobs to skip.
+    pub offset: i64,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter {
+            dag_id: None,
+            status: None,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// Column changes applied with a task transition. `None` leaves a column unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskChanges {
+    /// New attempt number.
+    pub attempt: Option<i32>,
+    /// The new fencing token (the expected one is in [`TaskTransition::fencing_token`]).
+    pub fencing_token: Option<i64>,
+    /// Worker running the task.
+    pub worker: Option<String>,
+    /// The handler's result.
+    pub result: Option<Value>,
+    /// The error.
+    pub error: Option<String>,
+    /// Start of the attempt.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Terminal time.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When a retry becomes due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the attempt's lease lapses.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Set `result`, `error`, `completed_at` and `next_attempt_at` to NULL
+    /// first (a retry or rerun), then apply the `Some` fields.
+    pub clear_outcome: bool,
+    /// Appended to the attempt history in the same transaction, only if the
+    /// compare-and-set wins.
+    pub record_attempt: Option<TaskAttempt>,
+}
+
+/// A compare-and-set on one task execution row.
+///
+/// It applies only if the row is still in `from` with `fencing_token`; a
+/// stale writer (an old attempt, a worker presumed dead) therefore changes
+/// nothing and learns so from the `false` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskTransition {
+    /// The job.
+    pub job_id: JobId,
+    /// The task's id within the job.
+    pub task_id: String,
+    /// Expected current state.
+    pub from: TaskStatus,
+    /// Expected current fencing token.
+    pub fencing_token: i64,
+    /// New state.
+    pub to: TaskStatus,
+    /// Other columns to change.
+    pub changes: TaskChanges,
+}
+
+/// A compare-and-set on a job row.
+///
+/// Sets `started_at` (if still NULL) when `to` is `running`, and
+/// `completed_at` when `to` is terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTransition {
+    /// The job.
+    pub job_id: JobId,
+    /// Expected current state.
+    pub from: JobStatus,
+    /// New state.
+    pub to: JobStatus,
+    /// Error to record (replaces the stored one when `Some`).
+    pub error: Option<String>,
+    /// When the transition happened.
+    pub at: DateTime<Utc>,
+}
+
+/// Transitions committed together by [`Store::commit_transitions`](crate::Store::commit_transitions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransitionBatch {
+    /// Task transitions, applied in order.
+    pub tasks: Vec<TaskTransition>,
+    /// Job transitions, applied in order after the task transitions.
+    pub jobs: Vec<JobTransition>,
+}
+
+impl TransitionBatch {
+    /// Whether the batch holds no transition.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.jobs.is_empty()
+    }
+}
+
+/// Per-transition results of [`Store::commit_transitions`](crate::Store::commit_transitions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// For each task transition, in input order: whether its compare-and-set won.
+    pub tasks: Vec<bool>,
+    /// For each job transition, in input order: whether its compare-and-set won.
+    pub jobs: Vec<bool>,
+}

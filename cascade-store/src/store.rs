@@ -1,0 +1,657 @@
+//! The `Store`: domain verbs over PostgreSQL or SQLite.
+
+use std::fmt;
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tracing::{debug, instrument};
+
+use crate::connect::{self, Pools, SqliteConn};
+use crate::error::{Result, StoreError};
+use crate::ids::{DagId, JobId};
+use crate::json::JsonValue;
+use crate::model::{
+    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition,
+    NewDag, NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
+};
+use crate::options::StoreOptions;
+use crate::rows::{
+    self, AttemptRow, DagRow, DagVersionRow, JobCas, JobRow, NewDagRow, NewJobRow, NewTaskRow, TaskCas, TaskRow, naive,
+};
+use crate::schema::{dag_versions, dags, jobs, task_attempts, task_executions};
+use crate::url::{self, Target};
+
+/// Rows per multi-row `INSERT` of task executions: 9 binds a row stays far
+/// below PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
+const TASK_INSERT_CHUNK: usize = 1000;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// PostgreSQL (`postgres://…`).
+    Postgres,
+    /// SQLite (`sqlite://…`, `sqlite::memory:` or no URL).
+    Sqlite,
+}
+
+/// Handle to Cascade's database: DAGs, jobs, task executions.
+///
+/// Cloning is cheap (the pools are shared). Every write is one transaction;
+/// task and job transitions are compare-and-set operations that report
+/// whether they won.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The URL with its password masked.
+    url: String,
+    options: StoreOptions,
+    pools: Pools,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `$body` with `$c` bound to a read connection of either backend.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match &$self.inner.pools {
+            Pools::Pg(pool) => {
+                let mut conn = $self.checkout_pg(pool).await?;
+                let $c: &mut AsyncPgConnection = &mut conn;
+                $body
+            }
+            Pools::Sqlite(pools) => {
+                let mut conn = $self.checkout_sqlite(pools.reader()).await?;
+                let $c: &mut SqliteConn = &mut conn;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` in a write transaction (`BEGIN IMMEDIATE` on the single SQLite writer).
+macro_rules! write_tx {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match &$self.inner.pools {
+            Pools::Pg(pool) => {
+                let mut conn = $self.checkout_pg(pool).await?;
+                let conn: &mut AsyncPgConnection = &mut conn;
+                conn.transaction(async |$c: &mut AsyncPgConnection| -> Result<_> { $body })
+                    .await
+            }
+            Pools::Sqlite(pools) => {
+                let mut conn = $self.checkout_sqlite(&pools.writer).await?;
+                let conn: &mut SqliteConn = &mut conn;
+                conn.immediate_transaction(async |$c: &mut SqliteConn| -> Result<_> { $body })
+                    .await
+            }
+        }
+    };
+}
+
+/// Runs `$body` on the writer without an explicit transaction (single statements).
+macro_rules! write_one {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match &$self.inner.pools {
+            Pools::Pg(pool) => {
+                let mut conn = $self.checkout_pg(pool).await?;
+                let $c: &mut AsyncPgConnection = &mut conn;
+                $body
+            }
+            Pools::Sqlite(pools) => {
+                let mut conn = $self.checkout_sqlite(&pools.writer).await?;
+                let $c: &mut SqliteConn = &mut conn;
+                $body
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database at `url` with default [`StoreOptions`] and applies
+    /// pending migrations.
+    ///
+    /// `None` opens (and creates) the SQLite file `./cascade.db`. Accepted
+    /// URLs: `postgres://user:password@host:port/database` (also
+    /// `postgresql://`), `sqlite://relative/path.db`, `sqlite:///absolute/path.db`
+    /// and `sqlite::memory:`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownScheme`], [`StoreError::MalformedUrl`],
+    /// [`StoreError::Unavailable`] (server unreachable after retries),
+    /// [`StoreError::SqliteOpen`], [`StoreError::SchemaTooNew`] and
+    /// [`StoreError::Migration`].
+    pub async fn open(url: Option<&str>) -> Result<Store> {
+        Store::open_with(url, StoreOptions::default()).await
+    }
+
+    /// Like [`Store::open`], with explicit options.
+    #[instrument(skip_all, fields(url = url.map(url::mask_password)), err)]
+    pub async fn open_with(url: Option<&str>, options: StoreOptions) -> Result<Store> {
+        let default_url = format!("sqlite://{}", url::DEFAULT_SQLITE_PATH);
+        let raw_url = url.unwrap_or(&default_url);
+        let masked = url::mask_password(raw_url);
+        let pools = match url::parse(raw_url)? {
+            Target::Postgres => {
+                let pool = connect::pg_pool(raw_url, &options)?;
+                connect::pg_migrate(&pool, &masked, &options).await?;
+                Pools::Pg(pool)
+            }
+            Target::SqliteMemory => {
+                let setup = connect::SqliteSetup {
+                    path: ":memory:".to_owned(),
+                    memory: true,
+                };
+                let pools = connect::sqlite_pools(&setup, &options)?;
+                connect::sqlite_migrate(&pools, setup.path.as_ref(), &masked).await?;
+                Pools::Sqlite(pools)
+            }
+            Target::SqliteFile(path) => {
+                connect::prepare_sqlite_path(&path)?;
+                let setup = connect::SqliteSetup {
+                    path: path.to_string_lossy().into_owned(),
+                    memory: false,
+                };
+                let pools = connect::sqlite_pools(&setup, &options)?;
+                connect::sqlite_migrate(&pools, &path, &masked).await?;
+                Pools::Sqlite(pools)
+            }
+        };
+        debug!(url = %masked, "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                url: masked,
+                options,
+                pools,
+            }),
+        })
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        match self.inner.pools {
+            Pools::Pg(_) => Backend::Postgres,
+            Pools::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The database URL, password masked (`postgres://user:***@host/db`).
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    async fn checkout_pg(
+        &self,
+        pool: &diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>> {
+        connect::checkout(pool, &self.inner.url, &self.inner.options).await
+    }
+
+    async fn checkout_sqlite(
+        &self,
+        pool: &diesel_async::pooled_connection::deadpool::Pool<SqliteConn>,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<SqliteConn>> {
+        connect::checkout(pool, &self.inner.url, &self.inner.options).await
+    }
+
+    // ----- DAGs -------------------------------------------------------------
+
+    /// Registers a DAG by its unique name.
+    ///
+    /// A new name creates version 1. The same hash as the latest version
+    /// returns the record unchanged. A different hash creates version + 1,
+    /// stores its definition next to the older ones and updates the
+    /// description and schedule.
+    #[instrument(skip_all, fields(dag.name = %dag.name), err)]
+    pub async fn upsert_dag(&self, dag: NewDag) -> Result<DagRecord> {
+        let dag = &dag;
+        let row: DagRow = write_tx!(self, |c| {
+            // Concurrent registrations of the same name (other processes)
+            // lose a compare-and-set and go round again.
+            for _ in 0..8 {
+                let at = naive(rows::now());
+                let existing: Option<DagRow> = dags::table
+                    .filter(dags::name.eq(&dag.name))
+                    .select(DagRow::as_select())
+                    .first(c)
+                    .await
+                    .optional()?;
+                match existing {
+                    None => {
+                        let inserted: Option<DagRow> = diesel::insert_into(dags::table)
+                            .values(NewDagRow {
+                                name: &dag.name,
+                                description: &dag.description,
+                                version: 1,
+                                hash: &dag.hash,
+                                schedule: dag.schedule.as_deref(),
+                                paused: false,
+                                created_at: at,
+                                updated_at: at,
+                            })
+                            .on_conflict(dags::name)
+                            .do_nothing()
+                            .returning(DagRow::as_returning())
+                            .get_result(c)
+                            .await
+                            .optional()?;
+                        let Some(inserted) = inserted else { continue };
+                        insert_version(c, &inserted, &dag.definition, at).await?;
+                        return Ok(inserted);
+                    }
+                    Some(current) if current.hash == dag.hash => return Ok(current),
+                    Some(current) => {
+                        let updated: Option<DagRow> = diesel::update(dags::table)
+                            .filter(dags::id.eq(current.id))
+                            .filter(dags::version.eq(current.version))
+                            .set((
+                                dags::version.eq(current.version + 1),
+                                dags::hash.eq(&dag.hash),
+                                dags::description.eq(&dag.description),
+                                dags::schedule.eq(dag.schedule.as_deref()),
+                                dags::updated_at.eq(at),
+                            ))
+                            .returning(DagRow::as_returning())
+                            .get_result(c)
+                            .await
+                            .optional()?;
+                        let Some(updated) = updated else { continue };
+                        insert_version(c, &updated, &dag.definition, at).await?;
+                        return Ok(updated);
+                    }
+                }
+            }
+            Err(StoreError::from(diesel::result::Error::RollbackTransaction))
+        })
+        .map_err(|e| e.during("upsert_dag"))?;
+        debug!(dag.id = row.id, version = row.version, "dag registered");
+        Ok(row.into())
+    }
+
+    /// Every registered DAG, by name.
+    #[instrument(skip_all, err)]
+    pub async fn list_dags(&self) -> Result<Vec<DagRecord>> {
+        let rows: Vec<DagRow> = read!(self, |c| {
+            dags::table
+                .order(dags::name.asc())
+                .select(DagRow::as_select())
+                .load(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("list_dags"))?;
+        Ok(rows.into_iter().map(DagRecord::from).collect())
+    }
+
+    /// One DAG by id; [`StoreError::DagNotFound`] if there is none.
+    #[instrument(skip(self), err)]
+    pub async fn get_dag(&self, dag_id: DagId) -> Result<DagRecord> {
+        self.find_dag(dag_id)
+            .await?
+            .ok_or(StoreError::DagNotFound { dag_id })
+    }
+
+    async fn find_dag(&self, dag_id: DagId) -> Result<Option<DagRecord>> {
+        let row: Option<DagRow> = read!(self, |c| {
+            dags::table
+                .find(dag_id.0)
+                .select(DagRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("get_dag"))?;
+        Ok(row.map(DagRecord::from))
+    }
+
+    /// One DAG by name, if registered.
+    #[instrument(skip(self), err)]
+    pub async fn get_dag_by_name(&self, name: &str) -> Result<Option<DagRecord>> {
+        let row: Option<DagRow> = read!(self, |c| {
+            dags::table
+                .filter(dags::name.eq(name))
+                .select(DagRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("get_dag_by_name"))?;
+        Ok(row.map(DagRecord::from))
+    }
+
+    /// One stored version of a DAG, with its definition exactly as registered.
+    #[instrument(skip(self), err)]
+    pub async fn get_dag_version(&self, dag_id: DagId, version: i32) -> Result<DagVersion> {
+        let row: Option<DagVersionRow> = read!(self, |c| {
+            dag_versions::table
+                .find((dag_id.0, version))
+                .select(DagVersionRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("get_dag_version"))?;
+        match row {
+            Some(row) => Ok(row.into()),
+            None if self.find_dag(dag_id).await?.is_none() => {
+                Err(StoreError::DagNotFound { dag_id })
+            }
+            None => Err(StoreError::DagVersionNotFound { dag_id, version }),
+        }
+    }
+
+    /// Pauses or resumes a DAG's schedule.
+    #[instrument(skip(self), err)]
+    pub async fn set_dag_paused(&self, dag_id: DagId, paused: bool) -> Result<DagRecord> {
+        let at = naive(rows::now());
+        let row: Option<DagRow> = write_one!(self, |c| {
+            diesel::update(dags::table.find(dag_id.0))
+                .set((dags::paused.eq(paused), dags::updated_at.eq(at)))
+                .returning(DagRow::as_returning())
+                .get_result(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("set_dag_paused"))?;
+        row.map(DagRecord::from)
+            .ok_or(StoreError::DagNotFound { dag_id })
+    }
+
+    // ----- jobs -------------------------------------------------------------
+
+    /// Creates a job and all its task rows in one transaction.
+    ///
+    /// With an idempotency key that an existing job of the same DAG already
+    /// carries, nothing is written and that job is returned with
+    /// `created: false`; concurrent triggers with one key get one job.
+    /// If any row fails (for example a duplicate task id), nothing is written.
+    #[instrument(skip_all, fields(dag.id = %job.dag_id, n_tasks = job.tasks.len()), err)]
+    pub async fn create_job(&self, job: NewJob) -> Result<CreatedJob> {
+        let job = &job;
+        let dag_id = job.dag_id;
+        let created: Option<(JobRow, bool)> = write_tx!(self, |c| {
+            let dag_exists: Option<i64> = dags::table
+                .find(dag_id.0)
+                .select(dags::id)
+                .first(c)
+                .await
+                .optional()?;
+            if dag_exists.is_none() {
+                return Ok(None);
+            }
+            let at = naive(rows::now());
+            let started_at = (job.status != crate::JobStatus::Pending).then_some(at);
+            let inserted: Option<JobRow> = diesel::insert_into(jobs::table)
+                .values(NewJobRow {
+                    dag_id: dag_id.0,
+                    dag_version: job.dag_version,
+                    status: job.status.as_str(),
+                    trigger: &job.trigger,
+                    params: JsonValue(job.params.clone()),
+                    idempotency_key: job.idempotency_key.as_deref(),
+                    error: None,
+                    created_at: at,
+                    started_at,
+                    completed_at: job.status.is_terminal().then_some(at),
+                    updated_at: at,
+                })
+                .on_conflict((jobs::dag_id, jobs::idempotency_key))
+                .do_nothing()
+                .returning(JobRow::as_returning())
+                .get_result(c)
+                .await
+                .optional()?;
+            let Some(inserted) = inserted else {
+                // The key matched: return the job that holds it.
+                let existing: JobRow = jobs::table
+                    .filter(jobs::dag_id.eq(dag_id.0))
+                    .filter(jobs::idempotency_key.eq(job.idempotency_key.as_deref()))
+                    .select(JobRow::as_select())
+                    .first(c)
+                    .await?;
+                return Ok(Some((existing, false)));
+            };
+            for chunk in job.tasks.chunks(TASK_INSERT_CHUNK) {
+                let rows: Vec<NewTaskRow> = chunk
+                    .iter()
+                    .map(|task| NewTaskRow::new(inserted.id, task, at))
+                    .collect();
+                crate::batch::InsertRows::insert_task_rows(c, rows).await?;
+            }
+            Ok(Some((inserted, true)))
+        })
+        .map_err(|e| e.during("create_job"))?;
+        let Some((row, created)) = created else {
+            return Err(StoreError::DagNotFound { dag_id });
+        };
+        let job = Job::try_from(row)?;
+        debug!(job.id = %job.id, created, "job created");
+        Ok(CreatedJob { job, created })
+    }
+
+    /// One job by id; [`StoreError::JobNotFound`] if there is none.
+    #[instrument(skip(self), err)]
+    pub async fn get_job(&self, job_id: JobId) -> Result<Job> {
+        let row: Option<JobRow> = read!(self, |c| {
+            jobs::table
+                .find(job_id.0)
+                .select(JobRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("get_job"))?;
+        row.ok_or(StoreError::JobNotFound { job_id })?.try_into()
+    }
+
+    /// A job with its DAG and all its task executions, read consistently.
+    #[instrument(skip(self), err)]
+    pub async fn get_job_with_details(&self, job_id: JobId) -> Result<JobDetails> {
+        let found: Option<(JobRow, DagRow, Vec<TaskRow>)> = read!(self, |c| {
+            c.transaction(async |c| -> Result<_> {
+                let Some(job) = jobs::table
+                    .find(job_id.0)
+                    .select(JobRow::as_select())
+                    .first(c)
+                    .await
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                let dag: DagRow = dags::table
+                    .find(job.dag_id)
+                    .select(DagRow::as_select())
+                    .first(c)
+                    .await?;
+                let tasks: Vec<TaskRow> = task_executions::table
+                    .filter(task_executions::job_id.eq(job_id.0))
+                    .order(task_executions::id.asc())
+                    .select(TaskRow::as_select())
+                    .load(c)
+                    .await?;
+                Ok(Some((job, dag, tasks)))
+            })
+            .await
+        })
+        .map_err(|e| e.during("get_job_with_details"))?;
+        let (job, dag, tasks) = found.ok_or(StoreError::JobNotFound { job_id })?;
+        Ok(JobDetails {
+            job: job.try_into()?,
+            dag: dag.into(),
+            tasks: tasks
+                .into_iter()
+                .map(TaskExecution::try_from)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Jobs matching `filter`, newest first.
+    #[instrument(skip(self), err)]
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        let rows: Vec<JobRow> = read!(self, |c| {
+            let mut query = jobs::table
+                .select(JobRow::as_select())
+                .order(jobs::id.desc())
+                .limit(filter.limit.max(0))
+                .offset(filter.offset.max(0))
+                .into_boxed();
+            if let Some(dag_id) = filter.dag_id {
+                query = query.filter(jobs::dag_id.eq(dag_id.0));
+            }
+            if let Some(status) = filter.status {
+                query = query.filter(jobs::status.eq(status.as_str()));
+            }
+            query.load(c).await
+        })
+        .map_err(|e| StoreError::from(e).during("list_jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// The task executions of a job, in creation order (empty for an unknown job).
+    #[instrument(skip(self), err)]
+    pub async fn list_task_executions_for_job(&self, job_id: JobId) -> Result<Vec<TaskExecution>> {
+        let rows: Vec<TaskRow> = read!(self, |c| {
+            task_executions::table
+                .filter(task_executions::job_id.eq(job_id.0))
+                .order(task_executions::id.asc())
+                .select(TaskRow::as_select())
+                .load(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("list_task_executions_for_job"))?;
+        rows.into_iter().map(TaskExecution::try_from).collect()
+    }
+
+    /// The recorded attempts of one task, oldest first.
+    #[instrument(skip(self), err)]
+    pub async fn list_task_attempts(&self, job_id: JobId, task_id: &str) -> Result<Vec<TaskAttempt>> {
+        let rows: Vec<AttemptRow> = read!(self, |c| {
+            task_attempts::table
+                .filter(task_attempts::job_id.eq(job_id.0))
+                .filter(task_attempts::task_id.eq(task_id))
+                .order((task_attempts::attempt.asc(), task_attempts::id.asc()))
+                .select(AttemptRow::as_select())
+                .load(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("list_task_attempts"))?;
+        rows.into_iter().map(TaskAttempt::try_from).collect()
+    }
+
+    // ----- transitions --------------------------------------------------------
+
+    /// Compare-and-set on a job; `true` if the job was in `from` and is now in `to`.
+    #[instrument(skip_all, fields(job.id = %transition.job_id, from = %transition.from, to = %transition.to), err)]
+    pub async fn transition_job(&self, transition: JobTransition) -> Result<bool> {
+        let cas = JobCas::new(&transition, naive(rows::now()));
+        let n = write_one!(self, |c| rows::job_cas_query!(cas).execute(c).await)
+            .map_err(|e| StoreError::from(e).during("transition_job"))?;
+        if n == 0 {
+            debug!("job transition lost its compare-and-set");
+        }
+        Ok(n == 1)
+    }
+
+    /// Compare-and-set on a task execution; `true` if the row was in `from`
+    /// with the expected fencing token and now is in `to`.
+    ///
+    /// A stale writer (wrong state or token) changes nothing and gets `false`.
+    #[instrument(skip_all, fields(job.id = %transition.job_id, task.id = %transition.task_id, from = %transition.from, to = %transition.to), err)]
+    pub async fn transition_task(&self, transition: TaskTransition) -> Result<bool> {
+        let cas = TaskCas::new(&transition, naive(rows::now()));
+        let won = if cas.attempt.is_none() {
+            // A single statement needs no explicit transaction.
+            write_one!(self, |c| rows::task_cas_query!(cas).execute(c).await)
+                .map_err(|e| StoreError::from(e).during("transition_task"))?
+                == 1
+        } else {
+            let outcome = self
+                .apply_batch(vec![cas], Vec::new())
+                .await
+                .map_err(|e| e.during("transition_task"))?;
+            matches!(outcome.tasks.as_slice(), [true])
+        };
+        if !won {
+            debug!("task transition lost its compare-and-set (stale state or fencing token)");
+        }
+        Ok(won)
+    }
+
+    /// Applies many transitions in ONE transaction and reports, per input and
+    /// in order, whether each compare-and-set won.
+    ///
+    /// Task transitions apply in order (a later transition of the same task
+    /// sees the earlier one), then job transitions. Attempt records are
+    /// written only for winning task transitions. If the transaction fails,
+    /// nothing is applied and the error is returned.
+    #[instrument(skip_all, fields(n_tasks = batch.tasks.len(), n_jobs = batch.jobs.len()), err)]
+    pub async fn commit_transitions(&self, batch: &TransitionBatch) -> Result<BatchOutcome> {
+        if batch.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let at = naive(rows::now());
+        let tasks: Vec<TaskCas> = batch.tasks.iter().map(|t| TaskCas::new(t, at)).collect();
+        let jobs: Vec<JobCas> = batch.jobs.iter().map(|j| JobCas::new(j, at)).collect();
+        let outcome = self
+            .apply_batch(tasks, jobs)
+            .await
+            .map_err(|e| e.during("commit_transitions"))?;
+        debug!(
+            tasks_won = outcome.tasks.iter().filter(|w| **w).count(),
+            jobs_won = outcome.jobs.iter().filter(|w| **w).count(),
+            "transitions committed"
+        );
+        Ok(outcome)
+    }
+
+    async fn apply_batch(&self, tasks: Vec<TaskCas>, jobs: Vec<JobCas>) -> Result<BatchOutcome> {
+        match &self.inner.pools {
+            Pools::Pg(pool) => {
+                let mut conn = self.checkout_pg(pool).await?;
+                let conn: &mut AsyncPgConnection = &mut conn;
+                let (tasks, jobs) = (&tasks, &jobs);
+                conn.transaction(async |c: &mut AsyncPgConnection| -> Result<_> {
+                    crate::batch::pg_apply(c, tasks, jobs).await
+                })
+                .await
+            }
+            Pools::Sqlite(pools) => {
+                let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                conn.spawn_blocking(move |c| {
+                    c.immediate_transaction(|c| crate::batch::sqlite_apply(c, &tasks, &jobs))
+                })
+                .await
+                .map_err(StoreError::from)
+            }
+        }
+    }
+}
+
+async fn insert_version<C>(c: &mut C, dag: &DagRow, definition: &str, at: chrono::NaiveDateTime) -> Result<()>
+where
+    C: AsyncConnection,
+    for<'a> diesel::dsl::Values<diesel::dsl::insert_into<dag_versions::table>, DagVersionRow>:
+        diesel_async::methods::ExecuteDsl<C>,
+{
+    diesel::insert_into(dag_versions::table)
+        .values(DagVersionRow {
+            dag_id: dag.id,
+            version: dag.version,
+            hash: dag.hash.clone(),
+            definition: definition.to_owned(),
+            created_at: at,
+        })
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS task_executions;
+DROP TABLE IF EXISTS jobs;
+DROP TABLE IF EXISTS dag_versions;
+DROP TABLE IF EXISTS dags;
