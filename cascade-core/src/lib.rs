@@ -1,1 +1,78 @@
-//! Cascade core.
+//! Cascade: an embedded, durable workflow (DAG) orchestrator.
+//!
+//! Write a DAG with [`dag!`]; the macro validates it at compile time and bakes
+//! it into JSON IR plus a table of handler function pointers. Register it with
+//! a [`Cascade`] engine, trigger jobs from code, and Cascade runs the tasks in
+//! dependency order, hands each task its dependencies' results, retries,
+//! times out and cancels, and commits every state change to SQLite (the
+//! zero-setup default, `./cascade.db`) or PostgreSQL before acting on it.
+//!
+//! ```no_run
+//! use cascade_core::{dag, Cascade, JobStatus, TaskContext, TaskError, TaskResult, Topic};
+//! use serde_json::json;
+//!
+//! async fn extract(ctx: TaskContext) -> TaskResult {
+//!     Ok(json!({ "rows": [1, 2, 3], "env": ctx.params()["environment"] }))
+//! }
+//!
+//! async fn transform(ctx: TaskContext) -> TaskResult {
+//!     let rows = ctx.upstream("extract").and_then(|r| r["rows"].as_array().cloned())
+//!         .ok_or_else(|| TaskError::fatal("extract produced no rows"))?;
+//!     Ok(json!({ "sum": rows.iter().filter_map(|v| v.as_i64()).sum::<i64>() }))
+//! }
+//!
+//! dag! {
+//!     name: pub etl_pipeline,
+//!     description: "Extract and transform",
+//!     tasks: {
+//!         extract:   { run: extract, timeout: 300 },
+//!         transform: { run: transform, depends_on: [extract], retries: 3 },
+//!     }
+//! }
+//!
+//! # async fn demo() -> cascade_core::Result<()> {
+//! let cascade = Cascade::builder().build().await?;
+//! let dag = cascade.register_dag(etl_pipeline()).await?;
+//! let job = cascade.trigger_job(dag.id, "manual", json!({ "environment": "dev" })).await?;
+//! let mut events = cascade.subscribe(Topic::Job(job.id));
+//! let job = cascade.wait_for_job(job.id).await?;
+//! assert_eq!(job.status, JobStatus::Success);
+//! let details = cascade.store().get_job_with_details(job.id).await?;
+//! assert_eq!(details.tasks.len(), 2);
+//! cascade.shutdown().await?;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![doc(test(attr(deny(warnings))))]
+
+mod dag;
+mod engine;
+mod error;
+mod events;
+mod runner;
+mod scheduler;
+mod state;
+mod task;
+
+pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationError, ValidationErrors};
+pub use cascade_macros::dag;
+pub use cascade_store::{
+    Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus, SqliteSynchronous,
+    Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus,
+};
+pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
+pub use engine::{
+    Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_SHUTDOWN_TIMEOUT,
+};
+pub use error::{Error, Result};
+pub use events::{
+    Event, EventStream, JobEvent, JobEventKind, TaskEvent, TaskEventKind, Topic, WorkerEvent, WorkerEventKind,
+};
+pub use state::{JobState, TaskState};
+pub use task::{
+    BoxFuture, CallbackContext, CallbackEvent, CallbackResult, TaskContext, TaskError, TaskErrorKind,
+    TaskResult,
+};
+
+#[doc(hidden)]
+pub use dag::__private;

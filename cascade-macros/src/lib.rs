@@ -1,2 +1,5 @@
-//! The dag! macro.
-use proc_macro as _;
+//! The dag! macro (stub).
+use proc_macro::TokenStream;
+/// Stub.
+#[proc_macro]
+pub fn dag(_input: TokenStream) -> TokenStream { TokenStream::new() }

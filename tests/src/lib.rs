@@ -1,1 +1,86 @@
-//! Shared helpers for the workspace integration tests.
+//! Shared helpers for the workspace integration tests: fresh databases on both
+//! backends, engines, and small DAG builders.
+#![allow(missing_docs)]
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use cascade_core::{Cascade, Dag};
+pub use cascade_store::testing::{TestDb, postgres_url, sqlite_url};
+
+/// Runs an async test body once per backend: `name::sqlite` and
+/// `name::postgres` (skipped loudly when no PostgreSQL is available, a failure
+/// under `CASCADE_REQUIRE_POSTGRES=1`). Each run gets a fresh database.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::init_tracing();
+                let db = $crate::sqlite_url();
+                super::$name(&db.url).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::init_tracing();
+                if let Some(db) = $crate::postgres_url().await {
+                    super::$name(&db.url).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// An engine on `url` with `workers` runners and short timeouts for tests.
+pub async fn engine(url: &str, workers: usize) -> Cascade {
+    Cascade::builder()
+        .database_url(url)
+        .workers(workers)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("engine starts")
+}
+
+/// JSON IR for a DAG: `tasks` is a list of `(id, handler, depends_on)`.
+pub fn ir(name: &str, tasks: &[(&str, &str, &[&str])]) -> String {
+    let tasks: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|(id, handler, deps)| serde_json::json!({ "id": id, "handler": handler, "depends_on": deps }))
+        .collect();
+    serde_json::json!({ "ir_version": 1, "name": name, "tasks": tasks }).to_string()
+}
+
+/// Parses IR that a test wrote; panics with the validator's message.
+pub fn dag_from(json: &str) -> Dag {
+    Dag::from_ir_json(json).unwrap_or_else(|e| panic!("test IR is invalid: {e}"))
+}
+
+/// A shared, ordered log of what handlers did.
+#[derive(Debug, Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn push(&self, entry: impl Into<String>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(entry.into());
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,565 @@
+//! [`Cascade`], the engine handle, and its builder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cascade_store::{
+    DagRecord, ErrorKind, Job, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store,
+    StoreOptions, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+};
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::dag::Dag;
+use crate::error::{Error, Result};
+use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEventKind};
+use crate::scheduler::{CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
+use crate::state::{JobState, StateManager, TaskState};
+use crate::{DagId, JobId};
+
+/// Default grace period between a cancellation signal and dropping handlers
+/// that ignore it.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// Default time `shutdown` lets running tasks finish.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default capacity of the event bus per subscriber before it lags.
+pub const DEFAULT_EVENT_CAPACITY: usize = 8192;
+
+/// Configures and starts a [`Cascade`] engine.
+///
+/// ```no_run
+/// # async fn demo() -> cascade_core::Result<()> {
+/// use cascade_core::Cascade;
+///
+/// let cascade = Cascade::builder()                 // no URL: ./cascade.db (SQLite)
+///     .database_url("postgres://root@127.0.0.1/test")
+///     .workers(8)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CascadeBuilder {
+    database_url: Option<String>,
+    workers: Option<usize>,
+    store_options: StoreOptions,
+    cancel_grace: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
+    event_capacity: Option<usize>,
+}
+
+impl CascadeBuilder {
+    /// The database: `postgres://…`, `sqlite://path`, `sqlite::memory:`. Without
+    /// one, Cascade uses the SQLite file `./cascade.db`.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// How many task attempts run at once. Defaults to 2 × the CPU cores; the
+    /// `CASCADE_WORKERS` environment variable overrides both.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Store settings (pool sizes, SQLite durability).
+    pub fn store_options(mut self, options: StoreOptions) -> Self {
+        self.store_options = options;
+        self
+    }
+
+    /// How long `cancel_job` waits for handlers to react to the cancellation
+    /// signal before dropping them (default 5 s).
+    pub fn cancel_grace_period(mut self, grace: Duration) -> Self {
+        self.cancel_grace = Some(grace);
+        self
+    }
+
+    /// How long `shutdown` lets running tasks finish before stopping them
+    /// (default 30 s). Stopped tasks stay `running` in the store and are
+    /// resumed by the next engine.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it lags (default 8192).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// Opens the store (running migrations) and starts the engine.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn build(self) -> Result<Cascade> {
+        let workers = resolve_workers(self.workers)?;
+        let store = Store::open_with(self.database_url.as_deref(), self.store_options).await?;
+        let worker_id = worker_id();
+        let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY));
+        let (commands, inbox) = mpsc::channel(1024);
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                workers,
+                worker_id: worker_id.clone(),
+                cancel_grace: self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE),
+            },
+            StateManager::new(store.clone()),
+            events.clone(),
+            inbox,
+            commands.downgrade(),
+        );
+        let scheduler = tokio::spawn(scheduler.run());
+        tracing::info!(backend = ?store.backend(), url = %store.url(), workers, worker = %worker_id, "cascade engine started");
+        events.publish(Event::Worker(WorkerEvent {
+            kind: WorkerEventKind::Joined,
+            worker: worker_id.clone(),
+            timestamp: Utc::now(),
+        }));
+        Ok(Cascade {
+            inner: Arc::new(Inner {
+                store,
+                events,
+                commands,
+                registry: RwLock::new(HashMap::new()),
+                worker_id,
+                workers,
+                shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+                scheduler: Mutex::new(Some(scheduler)),
+            }),
+        })
+    }
+}
+
+fn resolve_workers(configured: Option<usize>) -> Result<usize> {
+    if let Ok(value) = std::env::var("CASCADE_WORKERS") {
+        return match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::Config {
+                reason: format!("CASCADE_WORKERS=`{value}` is not a positive whole number; set it to e.g. 8 or unset it"),
+            }),
+        };
+    }
+    match configured {
+        Some(0) => Err(Error::Config {
+            reason: "workers(0) would never run a task; use at least 1".to_owned(),
+        }),
+        Some(n) => Ok(n),
+        None => Ok(2 * std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let nanos = Utc::now().timestamp_subsec_nanos();
+    format!("{host}:{}:{nanos:08x}", std::process::id())
+}
+
+/// The engine: register DAGs, trigger jobs, wait for them, watch their events.
+///
+/// Cheap to clone; every clone drives the same engine.
+///
+/// ```no_run
+/// use cascade_core::{dag, Cascade, JobStatus, TaskContext, TaskResult};
+/// use serde_json::json;
+///
+/// async fn hello(ctx: TaskContext) -> TaskResult {
+///     Ok(json!({ "greeting": format!("hello {}", ctx.params()["name"]) }))
+/// }
+///
+/// dag! {
+///     name: greet,
+///     tasks: { hello: { run: hello } }
+/// }
+///
+/// # async fn demo() -> cascade_core::Result<()> {
+/// let cascade = Cascade::builder().build().await?;
+/// let dag = cascade.register_dag(greet()).await?;
+/// let job = cascade.trigger_job(dag.id, "manual", json!({ "name": "world" })).await?;
+/// let job = cascade.wait_for_job(job.id).await?;
+/// assert_eq!(job.status, JobStatus::Success);
+/// cascade.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    events: EventBus,
+    commands: mpsc::Sender<Command>,
+    registry: RwLock<HashMap<DagId, Arc<RegisteredDag>>>,
+    worker_id: String,
+    workers: usize,
+    shutdown_timeout: Duration,
+    scheduler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Cascade {
+    /// Starts configuring an engine.
+    pub fn builder() -> CascadeBuilder {
+        CascadeBuilder::default()
+    }
+
+    /// The store, for queries: DAGs, jobs, task executions, attempts.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// How many attempts run at once.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// This engine's worker id, as recorded on the task executions it runs.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// Stores the DAG (a new version when its IR changed) and makes its
+    /// handlers available to this engine. Unfinished jobs of the DAG left by an
+    /// earlier engine (a crash, a shutdown) are resumed.
+    #[tracing::instrument(skip(self, dag), fields(dag = %dag.name()), err)]
+    pub async fn register_dag(&self, dag: Dag) -> Result<DagRecord> {
+        let missing = dag.missing_handlers();
+        if !missing.is_empty() {
+            return Err(Error::MissingHandlers {
+                dag: dag.name().to_owned(),
+                missing,
+            });
+        }
+        let ir = dag.plan().ir();
+        let record = self
+            .inner
+            .store
+            .upsert_dag(NewDag {
+                name: ir.name.clone(),
+                description: ir.description.clone(),
+                schedule: ir.schedule.clone(),
+                definition: dag.ir_json().to_owned(),
+                hash: dag.hash().to_owned(),
+            })
+            .await?;
+        let registered = Arc::new(RegisteredDag::new(record.clone(), dag));
+        self.registry_write().insert(record.id, Arc::clone(&registered));
+        tracing::info!(dag.id = %record.id, version = record.version, "dag registered");
+        self.resume_unfinished(&registered).await?;
+        Ok(record)
+    }
+
+    /// Hands the scheduler every unfinished job of a DAG that no engine in
+    /// this process is running.
+    async fn resume_unfinished(&self, registered: &Arc<RegisteredDag>) -> Result<()> {
+        for status in [JobStatus::Running, JobStatus::Pending] {
+            let mut offset = 0;
+            loop {
+                let jobs = self
+                    .inner
+                    .store
+                    .list_jobs(JobFilter {
+                        dag_id: Some(registered.record.id),
+                        status: Some(status),
+                        limit: 500,
+                        offset,
+                    })
+                    .await?;
+                let n = jobs.len() as i64;
+                for job in jobs {
+                    if self.is_active(job.id).await? {
+                        continue;
+                    }
+                    let dag = self.dag_for_version(registered, job.dag_version).await?;
+                    let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
+                    tracing::info!(job.id = %job.id, "resuming unfinished job");
+                    self.send(Command::Resume { job, dag, tasks }).await?;
+                }
+                if n < 500 {
+                    break;
+                }
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered DAG for the version a job was created with: the
+    /// current one, or the stored older definition with today's handlers.
+    async fn dag_for_version(&self, current: &Arc<RegisteredDag>, version: i32) -> Result<Arc<RegisteredDag>> {
+        if version == current.record.version {
+            return Ok(Arc::clone(current));
+        }
+        let stored = self.inner.store.get_dag_version(current.record.id, version).await?;
+        let plan = Dag::from_ir_json(&stored.definition)?.plan_arc();
+        Ok(Arc::new(RegisteredDag::with_plan(
+            current.record.clone(),
+            plan,
+            current.dag.clone(),
+        )))
+    }
+
+    async fn is_active(&self, job_id: JobId) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::State { job_id, reply }).await?;
+        Ok(answer.await.ok().flatten().is_some())
+    }
+
+    fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<DagId, Arc<RegisteredDag>>> {
+        self.inner.registry.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn registered(&self, dag_id: DagId) -> Option<Arc<RegisteredDag>> {
+        let registry = self.inner.registry.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.get(&dag_id).cloned()
+    }
+
+    async fn send(&self, command: Command) -> Result<()> {
+        self.inner.commands.send(command).await.map_err(|_| Error::ShutDown)
+    }
+
+    /// Creates a job of a registered DAG and starts it. `trigger` says what
+    /// started it (`"manual"`, `"cron"`, `"api"`…); `params` reach every task
+    /// as [`TaskContext::params`](crate::TaskContext::params).
+    #[tracing::instrument(skip(self, params), err)]
+    pub async fn trigger_job(&self, dag_id: DagId, trigger: &str, params: Value) -> Result<Job> {
+        self.trigger(dag_id, trigger, params, None).await
+    }
+
+    /// Like [`Cascade::trigger_job`], but triggering twice with the same
+    /// `idempotency_key` returns the job of the first call and starts nothing.
+    #[tracing::instrument(skip(self, params), err)]
+    pub async fn trigger_job_with_key(
+        &self,
+        dag_id: DagId,
+        trigger: &str,
+        params: Value,
+        idempotency_key: &str,
+    ) -> Result<Job> {
+        self.trigger(dag_id, trigger, params, Some(idempotency_key.to_owned()))
+            .await
+    }
+
+    async fn trigger(&self, dag_id: DagId, trigger: &str, params: Value, key: Option<String>) -> Result<Job> {
+        if self.inner.commands.is_closed() {
+            return Err(Error::ShutDown);
+        }
+        let Some(dag) = self.registered(dag_id) else {
+            return Err(match self.inner.store.get_dag(dag_id).await {
+                Ok(record) => Error::DagNotRegistered {
+                    dag_id,
+                    name: record.name,
+                },
+                Err(error) if error.kind() == ErrorKind::NotFound => Error::DagNotFound { dag_id },
+                Err(error) => Error::Store(error),
+            });
+        };
+        let tasks = dag
+            .plan
+            .tasks()
+            .iter()
+            .map(|task| NewTask {
+                task_id: task.id.clone(),
+                queue: task.queue.clone(),
+                status: TaskStatus::Pending,
+                attempt: 0,
+                fencing_token: 0,
+                started_at: None,
+            })
+            .collect();
+        let created = self
+            .inner
+            .store
+            .create_job(NewJob {
+                dag_id,
+                dag_version: dag.record.version,
+                status: JobStatus::Pending,
+                trigger: trigger.to_owned(),
+                params,
+                idempotency_key: key,
+                tasks,
+            })
+            .await?;
+        if created.created {
+            self.send(Command::Start {
+                job: created.job.clone(),
+                dag,
+            })
+            .await?;
+        }
+        Ok(created.job)
+    }
+
+    /// Waits until the job is terminal (success, failed or cancelled) and
+    /// returns it as committed.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn wait_for_job(&self, job_id: JobId) -> Result<Job> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Wait { job_id, reply }).await?;
+        let _ = answer.await;
+        // Not (or no longer) run by this engine: the store is the truth. A job
+        // run elsewhere is polled with a gentle backoff.
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let job = self.get_job(job_id).await?;
+            if job.status.is_terminal() {
+                return Ok(job);
+            }
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Wait { job_id, reply }).await?;
+            tokio::select! {
+                _ = answer => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn get_job(&self, job_id: JobId) -> Result<Job> {
+        self.inner.store.get_job(job_id).await.map_err(|error| match error.kind() {
+            ErrorKind::NotFound => Error::JobNotFound { job_id },
+            _ => Error::Store(error),
+        })
+    }
+
+    /// The state of a job: from memory while this engine runs it, else from the store.
+    pub async fn job_state(&self, job_id: JobId) -> Result<JobState> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::State { job_id, reply }).await?;
+        if let Ok(Some(state)) = answer.await {
+            return Ok(state);
+        }
+        let details = self.inner.store.get_job_with_details(job_id).await.map_err(|error| match error.kind() {
+            ErrorKind::NotFound => Error::JobNotFound { job_id },
+            _ => Error::Store(error),
+        })?;
+        Ok(JobState {
+            job_id,
+            dag_id: details.job.dag_id,
+            status: details.job.status,
+            active: false,
+            cancelling: false,
+            tasks: details
+                .tasks
+                .into_iter()
+                .map(|t| TaskState {
+                    task_id: t.task_id,
+                    status: t.status,
+                    attempt: u32::try_from(t.attempt).unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// Cancels a job: running tasks get their cancellation signal, handlers
+    /// that ignore it are dropped after the grace period, and every unfinished
+    /// task and the job become `cancelled`. Returns once that is committed.
+    ///
+    /// Idempotent: cancelling a job that is cancelled or being cancelled is
+    /// `Ok`. A job that already succeeded or failed is left as it is and
+    /// [`Error::JobAlreadyFinished`] says so.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn cancel_job(&self, job_id: JobId) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Cancel { job_id, reply }).await?;
+        match answer.await.unwrap_or(CancelReply::NotActive) {
+            CancelReply::Cancelled => Ok(()),
+            CancelReply::AlreadyFinished(status) => Err(Error::JobAlreadyFinished { job_id, status }),
+            CancelReply::NotActive => self.cancel_in_store(job_id).await,
+        }
+    }
+
+    /// Cancels a job that no engine here is running, directly in the store.
+    async fn cancel_in_store(&self, job_id: JobId) -> Result<()> {
+        let details = self.inner.store.get_job_with_details(job_id).await.map_err(|error| match error.kind() {
+            ErrorKind::NotFound => Error::JobNotFound { job_id },
+            _ => Error::Store(error),
+        })?;
+        match details.job.status {
+            JobStatus::Cancelled => return Ok(()),
+            status @ (JobStatus::Success | JobStatus::Failed) => {
+                return Err(Error::JobAlreadyFinished { job_id, status });
+            }
+            JobStatus::Pending | JobStatus::Running => {}
+        }
+        let now = Utc::now();
+        let batch = TransitionBatch {
+            tasks: details
+                .tasks
+                .iter()
+                .filter(|t| !t.status.is_terminal())
+                .map(|t| TaskTransition {
+                    job_id,
+                    task_id: t.task_id.clone(),
+                    from: t.status,
+                    fencing_token: t.fencing_token,
+                    to: TaskStatus::Cancelled,
+                    changes: TaskChanges {
+                        error: Some("cancelled".to_owned()),
+                        completed_at: Some(now),
+                        ..TaskChanges::default()
+                    },
+                })
+                .collect(),
+            jobs: vec![JobTransition {
+                job_id,
+                from: details.job.status,
+                to: JobStatus::Cancelled,
+                error: Some("cancelled".to_owned()),
+                at: now,
+            }],
+        };
+        self.inner.store.commit_transitions(&batch).await?;
+        Ok(())
+    }
+
+    /// A stream of the events of a topic: a job, a DAG, workers, or all.
+    /// Events are published after the state they report is committed, in
+    /// commit order.
+    pub fn subscribe(&self, topic: Topic) -> EventStream {
+        self.inner.events.subscribe(topic)
+    }
+
+    /// Stops the engine: no new attempts start, running ones may finish for up
+    /// to the shutdown timeout and their results are committed. Attempts still
+    /// running then are stopped and stay `running` in the store; the next
+    /// engine that registers their DAG resumes them.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn shutdown(&self) -> Result<()> {
+        let handle = {
+            let mut guard = self.inner.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            guard.take()
+        };
+        let Some(handle) = handle else { return Ok(()) };
+        let (reply, answer) = oneshot::channel();
+        if self
+            .send(Command::Shutdown {
+                timeout: self.inner.shutdown_timeout,
+                reply,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+        if let Err(error) = handle.await {
+            tracing::error!(%error, "scheduler task ended abnormally");
+        }
+        self.inner.events.publish(Event::Worker(WorkerEvent {
+            kind: WorkerEventKind::Left,
+            worker: self.inner.worker_id.clone(),
+            timestamp: Utc::now(),
+        }));
+        tracing::info!(worker = %self.inner.worker_id, "cascade engine stopped");
+        Ok(())
+    }
+}

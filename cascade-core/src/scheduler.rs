@@ -1,0 +1,1296 @@
+//! The Scheduler: one task that owns the in-memory state of every active job,
+//! decides what runs next from in-degree counters, and acts only on committed
+//! state.
+//!
+//! Each turn of its loop takes every command waiting in the inbox, works out
+//! the transitions they cause (a finished task, the dependents it releases,
+//! the runner slots it frees), commits them all in one transaction through the
+//! StateManager, and only then acts: starts attempts, publishes events, wakes
+//! waiters, runs callbacks. Work per finished task is proportional to its
+//! out-degree.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_ir::{TaskKind, TriggerRule, ValidDag};
+use cascade_store::{
+    DagRecord, Job, JobTransition, TaskAttempt, TaskChanges, TaskExecution, TaskTransition, TransitionBatch,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::dag::{Callback, Dag, Handler};
+use crate::events::{Event, EventBus, JobEvent, JobEventKind, TaskEvent, TaskEventKind};
+use crate::runner::{self, Attempt, Completion, Outcome};
+use crate::state::{JobState, StateManager, TaskState};
+use crate::task::{BoxFuture, CallbackContext, CallbackEvent, TaskContext, TaskError, TaskErrorKind, TaskResult};
+use crate::{JobId, JobStatus, TaskStatus};
+
+/// Most commands folded into one commit.
+const MAX_BATCH: usize = 4096;
+
+/// A DAG registered in this engine: its stored record, its plan and its
+/// handlers, indexed by task for dispatch without lookups.
+pub(crate) struct RegisteredDag {
+    pub(crate) record: DagRecord,
+    pub(crate) dag: Dag,
+    pub(crate) plan: Arc<ValidDag>,
+    pub(crate) name: Arc<str>,
+    pub(crate) task_ids: Vec<Arc<str>>,
+    handlers: Vec<Option<Handler>>,
+}
+
+impl RegisteredDag {
+    pub(crate) fn new(record: DagRecord, dag: Dag) -> Self {
+        Self::with_plan(record, dag.plan_arc(), dag)
+    }
+
+    /// A registered DAG running an older version's plan with today's handlers.
+    pub(crate) fn with_plan(record: DagRecord, plan: Arc<ValidDag>, dag: Dag) -> Self {
+        let task_ids = plan.tasks().iter().map(|t| Arc::from(t.id.as_str())).collect();
+        let handlers = plan
+            .tasks()
+            .iter()
+            .map(|t| match &t.kind {
+                TaskKind::Local { handler } => dag.handler(handler).cloned(),
+                TaskKind::Shell { .. } => None,
+            })
+            .collect();
+        RegisteredDag {
+            name: Arc::from(record.name.as_str()),
+            record,
+            dag,
+            plan,
+            task_ids,
+            handlers,
+        }
+    }
+
+    fn callback(&self, name: Option<&String>) -> Option<Callback> {
+        name.and_then(|n| self.dag.callback(n).cloned())
+    }
+}
+
+impl std::fmt::Debug for RegisteredDag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredDag")
+            .field("id", &self.record.id)
+            .field("name", &self.name)
+            .field("version", &self.record.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the scheduler is asked to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A job was created (pending); start it.
+    Start { job: Job, dag: Arc<RegisteredDag> },
+    /// Take over an unfinished job from the store (recovery, rerun).
+    Resume {
+        job: Job,
+        dag: Arc<RegisteredDag>,
+        tasks: Vec<TaskExecution>,
+    },
+    /// An attempt finished.
+    Completed(Completion),
+    /// Cancel a job; the reply comes once it is cancelled.
+    Cancel {
+        job_id: JobId,
+        reply: oneshot::Sender<CancelReply>,
+    },
+    /// Reply `true` once the job is terminal, or `false` at once if this engine
+    /// is not running it.
+    Wait {
+        job_id: JobId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The in-memory state of a job, if active here.
+    State {
+        job_id: JobId,
+        reply: oneshot::Sender<Option<JobState>>,
+    },
+    /// Stop starting attempts, let running ones finish for up to `timeout`,
+    /// then stop.
+    Shutdown {
+        timeout: Duration,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The answer to a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReply {
+    /// The job is cancelled (now or before).
+    Cancelled,
+    /// The job finished before the request arrived.
+    AlreadyFinished(JobStatus),
+    /// This engine is not running the job.
+    NotActive,
+}
+
+/// Engine settings the scheduler needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerConfig {
+    pub(crate) workers: usize,
+    pub(crate) worker_id: String,
+    pub(crate) cancel_grace: Duration,
+}
+
+/// How many dependencies ended which way.
+#[derive(Debug, Default, Clone, Copy)]
+struct DepCounts {
+    success: u32,
+    failed: u32,
+    skipped: u32,
+}
+
+impl DepCounts {
+    fn done(self) -> u32 {
+        self.success + self.failed + self.skipped
+    }
+}
+
+/// What a task's trigger rule says, given its dependencies so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Wait,
+    Run,
+    UpstreamFailed,
+    Skip,
+}
+
+/// Airflow's trigger rules over dependency counts.
+fn decide(rule: TriggerRule, counts: DepCounts, n_deps: u32) -> Decision {
+    let all_done = counts.done() == n_deps;
+    match rule {
+        TriggerRule::AllSuccess if counts.failed > 0 => Decision::UpstreamFailed,
+        TriggerRule::AllSuccess if counts.skipped > 0 => Decision::Skip,
+        TriggerRule::AllSuccess | TriggerRule::AllDone if all_done => Decision::Run,
+        TriggerRule::AllFailed if counts.success > 0 || counts.skipped > 0 => Decision::Skip,
+        TriggerRule::AllFailed if all_done => Decision::Run,
+        TriggerRule::OneSuccess if counts.success > 0 => Decision::Run,
+        TriggerRule::OneSuccess if all_done && counts.failed > 0 => Decision::UpstreamFailed,
+        TriggerRule::OneSuccess if all_done => Decision::Skip,
+        TriggerRule::OneFailed if counts.failed > 0 => Decision::Run,
+        TriggerRule::OneFailed if all_done => Decision::Skip,
+        TriggerRule::NoneFailed if counts.failed > 0 => Decision::UpstreamFailed,
+        TriggerRule::NoneFailed if all_done => Decision::Run,
+        _ => Decision::Wait,
+    }
+}
+
+#[derive(Debug)]
+struct TaskRun {
+    status: TaskStatus,
+    attempt: u32,
+    token: i64,
+    /// The last attempt was interrupted by a crash or shutdown, not failed:
+    /// the next one keeps its attempt number.
+    interrupted: bool,
+    /// Ready, or decided terminal: the trigger rule is not evaluated again.
+    decided: bool,
+    counts: DepCounts,
+    result: Option<Arc<Value>>,
+    abort: Option<AbortHandle>,
+    cancellation: Option<CancellationToken>,
+    started_at: Option<DateTime<Utc>>,
+}
+
+impl TaskRun {
+    fn new() -> Self {
+        TaskRun {
+            status: TaskStatus::Pending,
+            attempt: 0,
+            token: 0,
+            interrupted: false,
+            decided: false,
+            counts: DepCounts::default(),
+            result: None,
+            abort: None,
+            cancellation: None,
+            started_at: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct JobRun {
+    job_id: JobId,
+    dag: Arc<RegisteredDag>,
+    params: Arc<Value>,
+    status: JobStatus,
+    tasks: Vec<TaskRun>,
+    running: usize,
+    unfinished: usize,
+    first_failure: Option<String>,
+    cancelling: bool,
+    finishing: bool,
+    cancellation: CancellationToken,
+    waiters: Vec<oneshot::Sender<bool>>,
+    cancel_waiters: Vec<oneshot::Sender<CancelReply>>,
+}
+
+/// Which transition an effect depends on.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    Always,
+    Task(usize),
+    Job(usize),
+}
+
+/// Something to do once the batch is committed.
+enum Effect {
+    Spawn { job_id: JobId, task: usize },
+    Publish(Event),
+    Callback(Callback, CallbackContext),
+    Finished {
+        job_id: JobId,
+        waiters: Vec<oneshot::Sender<bool>>,
+        cancel_waiters: Vec<oneshot::Sender<CancelReply>>,
+    },
+}
+
+#[derive(Default)]
+struct Batch {
+    store: TransitionBatch,
+    effects: Vec<(Guard, Effect)>,
+    now: Option<DateTime<Utc>>,
+}
+
+impl Batch {
+    fn now(&mut self) -> DateTime<Utc> {
+        *self.now.get_or_insert_with(Utc::now)
+    }
+
+    fn task(&mut self, transition: TaskTransition) -> Guard {
+        self.store.tasks.push(transition);
+        Guard::Task(self.store.tasks.len() - 1)
+    }
+
+    fn job(&mut self, transition: JobTransition) -> Guard {
+        self.store.jobs.push(transition);
+        Guard::Job(self.store.jobs.len() - 1)
+    }
+
+    fn effect(&mut self, guard: Guard, effect: Effect) {
+        self.effects.push((guard, effect));
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Retry { job_id: JobId, task: usize, token: i64 },
+    CancelGrace { job_id: JobId },
+    ShutdownDeadline,
+}
+
+/// The scheduler task's state.
+pub(crate) struct Scheduler {
+    config: SchedulerConfig,
+    state: StateManager,
+    events: EventBus,
+    inbox: mpsc::Receiver<Command>,
+    /// Weak, so that the loop ends once every engine handle is gone.
+    reports: mpsc::WeakSender<Command>,
+    jobs: HashMap<JobId, JobRun>,
+    /// Tasks persisted as queued, waiting for a free runner, oldest first.
+    queued: VecDeque<(JobId, usize)>,
+    /// Tasks that became ready during the current batch.
+    newly_ready: Vec<(JobId, usize)>,
+    running: usize,
+    timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    timer_seq: u64,
+    rng: u64,
+    draining: bool,
+    abandoning: bool,
+    shutdown_reply: Option<oneshot::Sender<()>>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        config: SchedulerConfig,
+        state: StateManager,
+        events: EventBus,
+        inbox: mpsc::Receiver<Command>,
+        reports: mpsc::WeakSender<Command>,
+    ) -> Self {
+        let seed = Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64 | 1;
+        Scheduler {
+            config,
+            state,
+            events,
+            inbox,
+            reports,
+            jobs: HashMap::new(),
+            queued: VecDeque::new(),
+            newly_ready: Vec::new(),
+            running: 0,
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            rng: seed,
+            draining: false,
+            abandoning: false,
+            shutdown_reply: None,
+        }
+    }
+
+    /// The scheduler loop; returns after a shutdown completes or when every
+    /// engine handle is gone.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let first = tokio::select! {
+                command = self.inbox.recv() => match command {
+                    Some(command) => Some(command),
+                    None => return,
+                },
+                () = sleep_until(next_timer), if next_timer.is_some() => None,
+            };
+            let mut batch = Batch::default();
+            if let Some(command) = first {
+                self.handle(command, &mut batch);
+            }
+            while batch.effects.len() < MAX_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(command) => self.handle(command, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            self.fire_timers(&mut batch);
+            self.dispatch(&mut batch);
+            self.commit(batch).await;
+            if self.draining && self.running == 0 {
+                if let Some(reply) = self.shutdown_reply.take() {
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command, batch: &mut Batch) {
+        match command {
+            Command::Start { job, dag } => self.start_job(job, dag, batch),
+            Command::Resume { job, dag, tasks } => self.resume_job(job, dag, tasks, batch),
+            Command::Completed(completion) => self.complete(completion, batch),
+            Command::Cancel { job_id, reply } => self.cancel(job_id, reply, batch),
+            Command::Wait { job_id, reply } => match self.jobs.get_mut(&job_id) {
+                Some(job) => job.waiters.push(reply),
+                None => {
+                    let _ = reply.send(false);
+                }
+            },
+            Command::State { job_id, reply } => {
+                let _ = reply.send(self.jobs.get(&job_id).map(snapshot));
+            }
+            Command::Shutdown { timeout, reply } => {
+                tracing::info!(running = self.running, ?timeout, "scheduler draining");
+                self.draining = true;
+                self.shutdown_reply = Some(reply);
+                self.add_timer(Instant::now() + timeout, Timer::ShutdownDeadline);
+            }
+        }
+    }
+
+    fn add_timer(&mut self, at: Instant, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, timer)));
+    }
+
+    fn start_job(&mut self, job: Job, dag: Arc<RegisteredDag>, batch: &mut Batch) {
+        let n = dag.plan.tasks().len();
+        let mut run = JobRun {
+            job_id: job.id,
+            params: Arc::new(job.params),
+            status: JobStatus::Running,
+            tasks: (0..n).map(|_| TaskRun::new()).collect(),
+            running: 0,
+            unfinished: n,
+            first_failure: None,
+            cancelling: false,
+            finishing: false,
+            cancellation: CancellationToken::new(),
+            waiters: Vec::new(),
+            cancel_waiters: Vec::new(),
+            dag,
+        };
+        let now = batch.now();
+        batch.effect(Guard::Always, Effect::Publish(job_event(&run, JobEventKind::Created, JobStatus::Pending, now)));
+        let guard = batch.job(JobTransition {
+            job_id: job.id,
+            from: JobStatus::Pending,
+            to: JobStatus::Running,
+            error: None,
+            at: now,
+        });
+        batch.effect(guard, Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)));
+        for (i, task) in run.dag.plan.tasks().iter().enumerate() {
+            if task.dependencies.is_empty() {
+                run.tasks[i].decided = true;
+                self.newly_ready.push((job.id, i));
+            }
+        }
+        tracing::info!(job.id = %job.id, dag = %run.dag.name, tasks = n, "job started");
+        self.jobs.insert(job.id, run);
+    }
+
+    /// Rebuilds a job's in-memory state from its stored task rows: finished
+    /// tasks keep their results and never run again; tasks that were running
+    /// are queued again with their attempt number kept.
+    fn resume_job(&mut self, job: Job, dag: Arc<RegisteredDag>, rows: Vec<TaskExecution>, batch: &mut Batch) {
+        if self.jobs.contains_key(&job.id) {
+            return;
+        }
+        let n = dag.plan.tasks().len();
+        let mut tasks: Vec<TaskRun> = (0..n).map(|_| TaskRun::new()).collect();
+        let mut next_attempts = vec![None; n];
+        for row in rows {
+            let Some(i) = dag.plan.task_index(&row.task_id) else {
+                tracing::warn!(job.id = %job.id, task.id = %row.task_id, "stored task not in the dag version; ignored");
+                continue;
+            };
+            let task = &mut tasks[i];
+            task.status = row.status;
+            task.attempt = u32::try_from(row.attempt).unwrap_or(0);
+            task.token = row.fencing_token;
+            task.result = row.result.map(Arc::new);
+            task.started_at = row.started_at;
+            next_attempts[i] = row.next_attempt_at;
+        }
+        let mut run = JobRun {
+            job_id: job.id,
+            params: Arc::new(job.params),
+            status: JobStatus::Running,
+            running: 0,
+            unfinished: tasks.iter().filter(|t| !t.status.is_terminal()).count(),
+            first_failure: None,
+            cancelling: false,
+            finishing: false,
+            cancellation: CancellationToken::new(),
+            waiters: Vec::new(),
+            cancel_waiters: Vec::new(),
+            tasks,
+            dag,
+        };
+        let now = batch.now();
+        if job.status == JobStatus::Pending {
+            let guard = batch.job(JobTransition {
+                job_id: job.id,
+                from: JobStatus::Pending,
+                to: JobStatus::Running,
+                error: None,
+                at: now,
+            });
+            batch.effect(guard, Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)));
+        }
+        // Dependency counts from the stored outcomes.
+        let plan = Arc::clone(&run.dag.plan);
+        for (i, task) in plan.tasks().iter().enumerate() {
+            let status = run.tasks[i].status;
+            if matches!(status, TaskStatus::Failed | TaskStatus::UpstreamFailed) && run.first_failure.is_none() {
+                run.first_failure = Some(format!("task `{}` {}", task.id, status));
+            }
+            for &d in &task.dependents {
+                count_outcome(&mut run.tasks[d].counts, status);
+            }
+        }
+        let mut retry_timers = Vec::new();
+        for (i, task) in plan.tasks().iter().enumerate() {
+            match run.tasks[i].status {
+                TaskStatus::Running | TaskStatus::Queued => {
+                    run.tasks[i].interrupted = run.tasks[i].status == TaskStatus::Running;
+                    run.tasks[i].decided = true;
+                    self.newly_ready.push((job.id, i));
+                }
+                TaskStatus::UpForRetry => {
+                    run.tasks[i].decided = true;
+                    retry_timers.push((i, run.tasks[i].token, next_attempts[i]));
+                }
+                TaskStatus::Pending => {
+                    let n_deps = task.dependencies.len() as u32;
+                    match decide(task.trigger_rule, run.tasks[i].counts, n_deps) {
+                        Decision::Wait => {}
+                        Decision::Run => {
+                            run.tasks[i].decided = true;
+                            self.newly_ready.push((job.id, i));
+                        }
+                        decision => {
+                            // Decided before the crash but not yet recorded.
+                            let to = if decision == Decision::Skip {
+                                TaskStatus::Skipped
+                            } else {
+                                TaskStatus::UpstreamFailed
+                            };
+                            self.settle_unrun(&mut run, i, to, batch);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(job.id = %job.id, dag = %run.dag.name, unfinished = run.unfinished, "job resumed");
+        self.jobs.insert(job.id, run);
+        // Retries whose backoff was persisted fire at the stored time, or now if it passed.
+        for (i, token, next_attempt_at) in retry_timers {
+            let wait = next_attempt_at
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::ZERO);
+            self.add_timer(Instant::now() + wait, Timer::Retry { job_id: job.id, task: i, token });
+        }
+        self.maybe_finish(job.id, batch);
+    }
+
+    fn complete(&mut self, completion: Completion, batch: &mut Batch) {
+        let Completion {
+            job_id,
+            task: t,
+            token,
+            outcome,
+            finished_at,
+        } = completion;
+        let abandoning = self.abandoning;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            tracing::warn!(job.id = %job_id, task = t, token, "rejected completion for a job this engine no longer runs");
+            return;
+        };
+        let task = &mut job.tasks[t];
+        if task.status != TaskStatus::Running || task.token != token {
+            tracing::warn!(
+                job.id = %job_id, task.id = %job.dag.task_ids[t], token, current = task.token,
+                "rejected a stale completion (fencing token)"
+            );
+            return;
+        }
+        task.abort = None;
+        task.cancellation = None;
+        job.running -= 1;
+        self.running -= 1;
+        if abandoning && matches!(outcome, Outcome::Aborted) {
+            // Shutdown: the row stays `running` so the next engine re-queues it.
+            return;
+        }
+        let task_id = Arc::clone(&job.dag.task_ids[t]);
+        let plan_task = &job.dag.plan.tasks()[t];
+        let attempt = task.attempt;
+        let started_at = task.started_at;
+        let now = batch.now();
+        let record = |status: TaskStatus, error: Option<String>| TaskAttempt {
+            job_id,
+            task_id: task_id.to_string(),
+            attempt: attempt as i32,
+            status,
+            worker: None,
+            error,
+            output: None,
+            started_at,
+            finished_at: Some(finished_at),
+        };
+
+        if job.cancelling {
+            let error = Some("cancelled".to_owned());
+            let changes = TaskChanges {
+                error: error.clone(),
+                completed_at: Some(finished_at),
+                record_attempt: Some(record(TaskStatus::Cancelled, error.clone())),
+                ..TaskChanges::default()
+            };
+            let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Cancelled, changes));
+            task.status = TaskStatus::Cancelled;
+            job.unfinished -= 1;
+            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Cancelled, error, now)));
+            self.maybe_finish(job_id, batch);
+            return;
+        }
+
+        match outcome {
+            Outcome::Success(value) => {
+                let changes = TaskChanges {
+                    result: Some(value.clone()),
+                    completed_at: Some(finished_at),
+                    record_attempt: Some(record(TaskStatus::Success, None)),
+                    ..TaskChanges::default()
+                };
+                let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Success, changes));
+                task.status = TaskStatus::Success;
+                task.result = Some(Arc::new(value));
+                job.unfinished -= 1;
+                tracing::info!(job.id = %job_id, task.id = %task_id, attempt, "task succeeded");
+                batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Succeeded, None, now)));
+                if let Some(callback) = job.dag.callback(plan_task.on_success.as_ref()) {
+                    let ctx = callback_context(job, Some(&task_id), CallbackEvent::Success, attempt, None);
+                    batch.effect(guard, Effect::Callback(callback, ctx));
+                }
+                self.propagate(job_id, t, TaskStatus::Success, batch);
+            }
+            Outcome::Failed(error) => self.fail_attempt(job_id, t, token, error, finished_at, batch),
+            Outcome::Aborted => self.fail_attempt(
+                job_id,
+                t,
+                token,
+                TaskError::with_kind(TaskErrorKind::Cancelled, "attempt aborted"),
+                finished_at,
+                batch,
+            ),
+        }
+        self.maybe_finish(job_id, batch);
+    }
+
+    fn fail_attempt(
+        &mut self,
+        job_id: JobId,
+        t: usize,
+        token: i64,
+        error: TaskError,
+        finished_at: DateTime<Utc>,
+        batch: &mut Batch,
+    ) {
+        let now = batch.now();
+        let jitter_roll = self.next_random();
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let task = &mut job.tasks[t];
+        let plan_task = &job.dag.plan.tasks()[t];
+        let task_id = Arc::clone(&job.dag.task_ids[t]);
+        let attempt = task.attempt;
+        let message = error.message().to_owned();
+        let retry = plan_task.retry;
+        let started_at = task.started_at;
+        let record = |status: TaskStatus| TaskAttempt {
+            job_id,
+            task_id: task_id.to_string(),
+            attempt: attempt as i32,
+            status,
+            worker: None,
+            error: Some(message.clone()),
+            output: None,
+            started_at,
+            finished_at: Some(finished_at),
+        };
+        if error.is_retryable() && attempt <= retry.retries {
+            let mut delay = retry.backoff(attempt);
+            if retry.jitter {
+                delay = delay.mul_f64(jitter_roll);
+            }
+            let next_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+            let changes = TaskChanges {
+                error: Some(message.clone()),
+                next_attempt_at: Some(next_at),
+                record_attempt: Some(record(TaskStatus::UpForRetry)),
+                ..TaskChanges::default()
+            };
+            let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::UpForRetry, changes));
+            task.status = TaskStatus::UpForRetry;
+            tracing::warn!(
+                job.id = %job_id, task.id = %task_id, attempt, error = %message, retry_in = ?delay,
+                "task attempt failed; retry scheduled"
+            );
+            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::RetryScheduled, Some(message.clone()), now)));
+            if let Some(callback) = job.dag.callback(plan_task.on_retry.as_ref()) {
+                let ctx = callback_context(job, Some(&task_id), CallbackEvent::Retry, attempt, Some(message));
+                batch.effect(guard, Effect::Callback(callback, ctx));
+            }
+            self.add_timer(Instant::now() + delay, Timer::Retry { job_id, task: t, token });
+            return;
+        }
+        let changes = TaskChanges {
+            error: Some(message.clone()),
+            completed_at: Some(finished_at),
+            record_attempt: Some(record(TaskStatus::Failed)),
+            ..TaskChanges::default()
+        };
+        let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Failed, changes));
+        task.status = TaskStatus::Failed;
+        job.unfinished -= 1;
+        if job.first_failure.is_none() {
+            job.first_failure = Some(format!("task `{task_id}` failed: {message}"));
+        }
+        tracing::error!(job.id = %job_id, task.id = %task_id, attempt, error = %message, "task failed");
+        batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Failed, Some(message.clone()), now)));
+        if let Some(callback) = job.dag.callback(plan_task.on_failure.as_ref()) {
+            let ctx = callback_context(job, Some(&task_id), CallbackEvent::Failure, attempt, Some(message));
+            batch.effect(guard, Effect::Callback(callback, ctx));
+        }
+        self.propagate(job_id, t, TaskStatus::Failed, batch);
+    }
+
+    /// Tells the dependents of a finished task; each may become ready, or be
+    /// settled as upstream-failed or skipped, which is passed on in turn.
+    /// Work is proportional to the out-degrees involved.
+    fn propagate(&mut self, job_id: JobId, t: usize, status: TaskStatus, batch: &mut Batch) {
+        let Some(mut job) = self.jobs.remove(&job_id) else { return };
+        let plan = Arc::clone(&job.dag.plan);
+        let mut stack = vec![(t, status)];
+        while let Some((t, status)) = stack.pop() {
+            for &d in &plan.tasks()[t].dependents {
+                let dependent = &mut job.tasks[d];
+                count_outcome(&mut dependent.counts, status);
+                if dependent.decided || dependent.status != TaskStatus::Pending {
+                    continue;
+                }
+                let n_deps = plan.tasks()[d].dependencies.len() as u32;
+                match decide(plan.tasks()[d].trigger_rule, dependent.counts, n_deps) {
+                    Decision::Wait => {}
+                    Decision::Run => {
+                        dependent.decided = true;
+                        if !job.cancelling {
+                            self.newly_ready.push((job_id, d));
+                        }
+                    }
+                    Decision::UpstreamFailed => {
+                        self.settle_unrun(&mut job, d, TaskStatus::UpstreamFailed, batch);
+                        stack.push((d, TaskStatus::UpstreamFailed));
+                    }
+                    Decision::Skip => {
+                        self.settle_unrun(&mut job, d, TaskStatus::Skipped, batch);
+                        stack.push((d, TaskStatus::Skipped));
+                    }
+                }
+            }
+        }
+        self.jobs.insert(job_id, job);
+    }
+
+    /// Records a task that will not run: upstream-failed, skipped or cancelled.
+    fn settle_unrun(&mut self, job: &mut JobRun, t: usize, to: TaskStatus, batch: &mut Batch) {
+        let now = batch.now();
+        let task = &mut job.tasks[t];
+        let task_id = Arc::clone(&job.dag.task_ids[t]);
+        let changes = TaskChanges {
+            completed_at: Some(now),
+            ..TaskChanges::default()
+        };
+        let guard = batch.task(transition(job.job_id, &task_id, task.status, task.token, to, changes));
+        task.status = to;
+        task.decided = true;
+        job.unfinished -= 1;
+        let kind = match to {
+            TaskStatus::UpstreamFailed => {
+                if job.first_failure.is_none() {
+                    job.first_failure = Some(format!("task `{task_id}` upstream failed"));
+                }
+                TaskEventKind::UpstreamFailed
+            }
+            TaskStatus::Skipped => TaskEventKind::Skipped,
+            _ => TaskEventKind::Cancelled,
+        };
+        tracing::info!(job.id = %job.job_id, task.id = %task_id, status = %to, "task will not run");
+        batch.effect(guard, Effect::Publish(task_event(job, t, kind, None, now)));
+    }
+
+    fn cancel(&mut self, job_id: JobId, reply: oneshot::Sender<CancelReply>, batch: &mut Batch) {
+        let grace = self.config.cancel_grace;
+        let Some(mut job) = self.jobs.remove(&job_id) else {
+            let _ = reply.send(CancelReply::NotActive);
+            return;
+        };
+        if job.finishing && !job.cancelling {
+            let _ = reply.send(CancelReply::AlreadyFinished(job.status));
+        } else if job.cancelling {
+            job.cancel_waiters.push(reply);
+        } else {
+            job.cancelling = true;
+            job.cancel_waiters.push(reply);
+            let now = batch.now();
+            tracing::info!(job.id = %job_id, running = job.running, "cancelling job");
+            batch.effect(
+                Guard::Always,
+                Effect::Publish(job_event(&job, JobEventKind::Cancelling, JobStatus::Running, now)),
+            );
+            for t in 0..job.tasks.len() {
+                match job.tasks[t].status {
+                    TaskStatus::Pending | TaskStatus::Queued | TaskStatus::UpForRetry => {
+                        self.settle_unrun(&mut job, t, TaskStatus::Cancelled, batch);
+                    }
+                    TaskStatus::Running => {
+                        if let Some(token) = &job.tasks[t].cancellation {
+                            token.cancel();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            job.cancellation.cancel();
+            if job.running > 0 {
+                self.add_timer(Instant::now() + grace, Timer::CancelGrace { job_id });
+            }
+        }
+        self.jobs.insert(job_id, job);
+        self.maybe_finish(job_id, batch);
+    }
+
+    fn fire_timers(&mut self, batch: &mut Batch) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::Retry { job_id, task, token } => {
+                    if let Some(job) = self.jobs.get(&job_id)
+                        && job.tasks[task].status == TaskStatus::UpForRetry
+                        && job.tasks[task].token == token
+                        && !job.cancelling
+                    {
+                        self.newly_ready.push((job_id, task));
+                    }
+                }
+                Timer::CancelGrace { job_id } => {
+                    if let Some(job) = self.jobs.get(&job_id) {
+                        for task in &job.tasks {
+                            if let Some(abort) = &task.abort {
+                                tracing::warn!(job.id = %job_id, "cancellation grace period over; dropping the handler");
+                                abort.abort();
+                            }
+                        }
+                    }
+                }
+                Timer::ShutdownDeadline => {
+                    if self.running > 0 {
+                        tracing::warn!(
+                            running = self.running,
+                            "shutdown timeout reached; stopping running attempts (they stay `running` for recovery)"
+                        );
+                    }
+                    self.abandoning = true;
+                    for job in self.jobs.values() {
+                        job.cancellation.cancel();
+                        for task in &job.tasks {
+                            if let Some(abort) = &task.abort {
+                                abort.abort();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = batch;
+    }
+
+    /// Starts ready tasks while runner slots are free: first those queued
+    /// earlier, then those that became ready in this batch. The rest are
+    /// persisted as `queued`.
+    fn dispatch(&mut self, batch: &mut Batch) {
+        let newly_ready = std::mem::take(&mut self.newly_ready);
+        if self.draining {
+            // Nothing new starts during shutdown; ready tasks stay pending for
+            // the next engine.
+            return;
+        }
+        while self.running < self.config.workers {
+            let Some((job_id, t)) = self.queued.pop_front() else { break };
+            self.start_attempt(job_id, t, batch);
+        }
+        let mut ready = newly_ready.into_iter();
+        while self.running < self.config.workers {
+            let Some((job_id, t)) = ready.next() else { break };
+            self.start_attempt(job_id, t, batch);
+        }
+        let now = batch.now();
+        for (job_id, t) in ready {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let task = &mut job.tasks[t];
+            if job.cancelling || !matches!(task.status, TaskStatus::Pending | TaskStatus::UpForRetry) {
+                if task.status == TaskStatus::Queued {
+                    self.queued.push_back((job_id, t));
+                }
+                continue;
+            }
+            let task_id = &job.dag.task_ids[t];
+            let guard = batch.task(transition(
+                job_id,
+                task_id,
+                task.status,
+                task.token,
+                TaskStatus::Queued,
+                TaskChanges::default(),
+            ));
+            task.status = TaskStatus::Queued;
+            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Queued, None, now)));
+            self.queued.push_back((job_id, t));
+        }
+    }
+
+    fn start_attempt(&mut self, job_id: JobId, t: usize, batch: &mut Batch) {
+        let now = batch.now();
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let task = &mut job.tasks[t];
+        if job.cancelling
+            || !matches!(task.status, TaskStatus::Pending | TaskStatus::Queued | TaskStatus::UpForRetry | TaskStatus::Running)
+        {
+            return;
+        }
+        let attempt = if task.interrupted { task.attempt.max(1) } else { task.attempt + 1 };
+        let token = task.token + 1;
+        let changes = TaskChanges {
+            attempt: Some(attempt as i32),
+            fencing_token: Some(token),
+            worker: Some(self.config.worker_id.clone()),
+            started_at: Some(now),
+            clear_outcome: true,
+            ..TaskChanges::default()
+        };
+        let task_id = &job.dag.task_ids[t];
+        let guard = batch.task(transition(job_id, task_id, task.status, task.token, TaskStatus::Running, changes));
+        task.status = TaskStatus::Running;
+        task.attempt = attempt;
+        task.token = token;
+        task.interrupted = false;
+        task.started_at = Some(now);
+        job.running += 1;
+        self.running += 1;
+        tracing::info!(job.id = %job_id, task.id = %task_id, attempt, "task started");
+        batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Started, None, now)));
+        batch.effect(guard, Effect::Spawn { job_id, task: t });
+    }
+
+    fn maybe_finish(&mut self, job_id: JobId, batch: &mut Batch) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        if job.finishing || job.unfinished > 0 || job.running > 0 {
+            return;
+        }
+        job.finishing = true;
+        let (status, kind, error) = if job.cancelling {
+            (JobStatus::Cancelled, JobEventKind::Cancelled, Some("cancelled".to_owned()))
+        } else if let Some(error) = job.first_failure.clone() {
+            (JobStatus::Failed, JobEventKind::Failed, Some(error))
+        } else {
+            (JobStatus::Success, JobEventKind::Succeeded, None)
+        };
+        let now = batch.now();
+        let guard = batch.job(JobTransition {
+            job_id,
+            from: JobStatus::Running,
+            to: status,
+            error: error.clone(),
+            at: now,
+        });
+        job.status = status;
+        match status {
+            JobStatus::Failed => tracing::error!(job.id = %job_id, dag = %job.dag.name, error = ?error, "job failed"),
+            _ => tracing::info!(job.id = %job_id, dag = %job.dag.name, status = %status, "job finished"),
+        }
+        let mut event = job_event(job, kind, status, now);
+        event_error(&mut event, error.clone());
+        batch.effect(guard, Effect::Publish(event));
+        let ir = job.dag.plan.ir();
+        let callback = match status {
+            JobStatus::Success => job.dag.callback(ir.on_success.as_ref()).map(|c| (c, CallbackEvent::Success)),
+            JobStatus::Failed => job.dag.callback(ir.on_failure.as_ref()).map(|c| (c, CallbackEvent::Failure)),
+            _ => None,
+        };
+        if let Some((callback, event)) = callback {
+            let ctx = callback_context(job, None, event, 0, error);
+            batch.effect(guard, Effect::Callback(callback, ctx));
+        }
+        batch.effect(
+            Guard::Always,
+            Effect::Finished {
+                job_id,
+                waiters: std::mem::take(&mut job.waiters),
+                cancel_waiters: std::mem::take(&mut job.cancel_waiters),
+            },
+        );
+    }
+
+    async fn commit(&mut self, batch: Batch) {
+        let Batch { store, effects, .. } = batch;
+        let outcome = match self.state.commit(&store).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(%error, "could not commit state; detaching the affected jobs (they resume when an engine restarts)");
+                self.detach(&store);
+                return;
+            }
+        };
+        for (guard, effect) in effects {
+            let won = match guard {
+                Guard::Always => true,
+                Guard::Task(i) => outcome.tasks.get(i).copied().unwrap_or(false),
+                Guard::Job(i) => outcome.jobs.get(i).copied().unwrap_or(false),
+            };
+            if !won {
+                if let Guard::Task(i) = guard
+                    && let Some(t) = store.tasks.get(i)
+                {
+                    tracing::warn!(
+                        job.id = %t.job_id, task.id = %t.task_id, from = %t.from, to = %t.to,
+                        "transition lost its compare-and-set (another writer moved the task); not acting on it"
+                    );
+                }
+                continue;
+            }
+            self.apply(effect);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Publish(event) => self.events.publish(event),
+            Effect::Spawn { job_id, task } => self.spawn(job_id, task),
+            Effect::Callback(callback, ctx) => {
+                tokio::spawn(async move {
+                    let job_id = ctx.job_id;
+                    let task_id = ctx.task_id.clone();
+                    match tokio::spawn(callback(ctx)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::error!(job.id = %job_id, task.id = ?task_id, %error, "callback returned an error")
+                        }
+                        Err(error) => {
+                            tracing::error!(job.id = %job_id, task.id = ?task_id, %error, "callback panicked")
+                        }
+                    }
+                });
+            }
+            Effect::Finished {
+                job_id,
+                waiters,
+                cancel_waiters,
+            } => {
+                self.jobs.remove(&job_id);
+                for waiter in waiters {
+                    let _ = waiter.send(true);
+                }
+                for waiter in cancel_waiters {
+                    let _ = waiter.send(CancelReply::Cancelled);
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, job_id: JobId, t: usize) {
+        let Some(reports) = self.reports.upgrade() else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let plan = Arc::clone(&job.dag.plan);
+        let plan_task = &plan.tasks()[t];
+        let mut upstream = HashMap::with_capacity(plan_task.dependencies.len());
+        for &d in &plan_task.dependencies {
+            if let Some(result) = &job.tasks[d].result {
+                upstream.insert(Arc::clone(&job.dag.task_ids[d]), Arc::clone(result));
+            }
+        }
+        let cancellation = job.cancellation.child_token();
+        let task = &mut job.tasks[t];
+        let context = TaskContext::new(
+            job_id,
+            job.dag.record.id,
+            Arc::clone(&job.dag.name),
+            Arc::clone(&job.dag.task_ids[t]),
+            task.attempt,
+            Arc::clone(&job.params),
+            upstream,
+            cancellation.clone(),
+        );
+        let handler = match (&job.dag.handlers[t], &plan_task.kind) {
+            (Some(handler), _) => Arc::clone(handler),
+            (None, TaskKind::Local { handler }) => {
+                let message = format!("no handler is registered under the name `{handler}`");
+                let handler: Handler = Arc::new(move |_| -> BoxFuture<TaskResult> {
+                    let message = message.clone();
+                    Box::pin(async move { Err(TaskError::fatal(message)) })
+                });
+                handler
+            }
+            (None, TaskKind::Shell { .. }) => Arc::new(|_| -> BoxFuture<TaskResult> {
+                Box::pin(async { Err(TaskError::fatal("shell tasks are not supported by this engine yet")) })
+            }),
+        };
+        let abort = runner::spawn(
+            Attempt {
+                job_id,
+                task: t,
+                token: task.token,
+                handler,
+                context,
+                timeout: plan_task.timeout,
+                cancellation: cancellation.clone(),
+            },
+            reports,
+        );
+        task.abort = Some(abort);
+        task.cancellation = Some(cancellation);
+    }
+
+    /// After a failed commit the in-memory state of the jobs in the batch is
+    /// ahead of the store; forget them so that only committed state is ever
+    /// acted on. Their rows still say what was committed, and recovery resumes
+    /// them.
+    fn detach(&mut self, store: &TransitionBatch) {
+        let mut ids: Vec<JobId> = store.tasks.iter().map(|t| t.job_id).chain(store.jobs.iter().map(|j| j.job_id)).collect();
+        ids.sort();
+        ids.dedup();
+        for job_id in ids {
+            if let Some(job) = self.jobs.remove(&job_id) {
+                job.cancellation.cancel();
+                for task in &job.tasks {
+                    if let Some(abort) = &task.abort {
+                        abort.abort();
+                    }
+                }
+                self.running -= job.running;
+                for waiter in job.waiters {
+                    let _ = waiter.send(false);
+                }
+                for waiter in job.cancel_waiters {
+                    let _ = waiter.send(CancelReply::NotActive);
+                }
+                tracing::error!(job.id = %job_id, "job detached after a failed commit");
+            }
+        }
+        self.queued.retain(|(job_id, _)| self.jobs.contains_key(job_id));
+    }
+
+    /// xorshift64*: enough randomness for retry jitter without a dependency.
+    fn next_random(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let value = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (value >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn count_outcome(counts: &mut DepCounts, status: TaskStatus) {
+    match status {
+        TaskStatus::Success => counts.success += 1,
+        TaskStatus::Failed | TaskStatus::UpstreamFailed => counts.failed += 1,
+        TaskStatus::Skipped | TaskStatus::Cancelled => counts.skipped += 1,
+        _ => {}
+    }
+}
+
+fn transition(
+    job_id: JobId,
+    task_id: &str,
+    from: TaskStatus,
+    token: i64,
+    to: TaskStatus,
+    changes: TaskChanges,
+) -> TaskTransition {
+    TaskTransition {
+        job_id,
+        task_id: task_id.to_owned(),
+        from,
+        fencing_token: token,
+        to,
+        changes,
+    }
+}
+
+fn job_event(job: &JobRun, kind: JobEventKind, status: JobStatus, at: DateTime<Utc>) -> Event {
+    Event::Job(JobEvent {
+        kind,
+        job_id: job.job_id,
+        dag_id: job.dag.record.id,
+        status,
+        error: None,
+        timestamp: at,
+    })
+}
+
+fn event_error(event: &mut Event, error: Option<String>) {
+    if let Event::Job(e) = event {
+        e.error = error;
+    }
+}
+
+fn task_event(job: &JobRun, t: usize, kind: TaskEventKind, error: Option<String>, at: DateTime<Utc>) -> Event {
+    Event::Task(TaskEvent {
+        kind,
+        job_id: job.job_id,
+        dag_id: job.dag.record.id,
+        task_id: job.dag.task_ids[t].to_string(),
+        status: job.tasks[t].status,
+        attempt: job.tasks[t].attempt,
+        error,
+        timestamp: at,
+    })
+}
+
+fn callback_context(
+    job: &JobRun,
+    task_id: Option<&str>,
+    event: CallbackEvent,
+    attempt: u32,
+    error: Option<String>,
+) -> CallbackContext {
+    CallbackContext {
+        job_id: job.job_id,
+        dag_id: job.dag.record.id,
+        dag_name: job.dag.name.to_string(),
+        task_id: task_id.map(str::to_owned),
+        event,
+        attempt,
+        error,
+        params: Arc::clone(&job.params),
+    }
+}
+
+fn snapshot(job: &JobRun) -> JobState {
+    JobState {
+        job_id: job.job_id,
+        dag_id: job.dag.record.id,
+        status: job.status,
+        active: true,
+        cancelling: job.cancelling,
+        tasks: job
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TaskState {
+                task_id: job.dag.task_ids[i].to_string(),
+                status: t.status,
+                attempt: t.attempt,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(success: u32, failed: u32, skipped: u32) -> DepCounts {
+        DepCounts {
+            success,
+            failed,
+            skipped,
+        }
+    }
+
+    #[test]
+    fn trigger_rules_follow_airflow() {
+        use Decision::*;
+        use TriggerRule::*;
+        assert_eq!(decide(AllSuccess, counts(1, 0, 0), 2), Wait);
+        assert_eq!(decide(AllSuccess, counts(2, 0, 0), 2), Run);
+        assert_eq!(decide(AllSuccess, counts(0, 1, 0), 2), UpstreamFailed);
+        assert_eq!(decide(AllSuccess, counts(0, 0, 1), 2), Skip);
+        assert_eq!(decide(AllDone, counts(1, 1, 0), 3), Wait);
+        assert_eq!(decide(AllDone, counts(1, 1, 1), 3), Run);
+        assert_eq!(decide(AllFailed, counts(0, 2, 0), 2), Run);
+        assert_eq!(decide(AllFailed, counts(1, 0, 0), 2), Skip);
+        assert_eq!(decide(OneSuccess, counts(1, 0, 0), 3), Run);
+        assert_eq!(decide(OneSuccess, counts(0, 2, 0), 2), UpstreamFailed);
+        assert_eq!(decide(OneSuccess, counts(0, 0, 2), 2), Skip);
+        assert_eq!(decide(OneFailed, counts(0, 1, 0), 3), Run);
+        assert_eq!(decide(OneFailed, counts(3, 0, 0), 3), Skip);
+        assert_eq!(decide(NoneFailed, counts(1, 0, 1), 2), Run);
+        assert_eq!(decide(NoneFailed, counts(1, 1, 0), 3), UpstreamFailed);
+        assert_eq!(decide(AllSuccess, counts(0, 0, 0), 0), Run);
+    }
+}
