@@ -12,9 +12,9 @@ use diesel::prelude::*;
 use diesel_async::AsyncPgConnection;
 use futures_util::future::{BoxFuture, try_join_all};
 
+use crate::connect::SqliteConn;
 use crate::error::Result;
 use crate::model::BatchOutcome;
-use crate::connect::SqliteConn;
 use crate::rows::{JobCas, NewAttemptRow, NewTaskRow, TaskCas, job_cas_query, task_cas_query};
 use crate::schema::{task_attempts, task_executions};
 
@@ -98,12 +98,18 @@ pub(crate) async fn pg_apply(
         for &index in task_round {
             let cas = &tasks[index];
             let mut shared = conn;
-            pending.push(diesel_async::RunQueryDsl::execute(task_cas_query!(cas), &mut shared));
+            pending.push(diesel_async::RunQueryDsl::execute(
+                task_cas_query!(cas),
+                &mut shared,
+            ));
         }
         for &index in job_round {
             let cas = &jobs[index];
             let mut shared = conn;
-            pending.push(diesel_async::RunQueryDsl::execute(job_cas_query!(cas), &mut shared));
+            pending.push(diesel_async::RunQueryDsl::execute(
+                job_cas_query!(cas),
+                &mut shared,
+            ));
         }
         let counts = try_join_all(pending).await?;
         let (task_counts, job_counts) = counts.split_at(task_round.len());
@@ -122,11 +128,8 @@ pub(crate) async fn pg_apply(
         .collect();
     for chunk in attempts.chunks(ATTEMPT_INSERT_CHUNK) {
         let rows: Vec<NewAttemptRow> = chunk.iter().map(|row| (*row).clone()).collect();
-        diesel_async::RunQueryDsl::execute(
-            diesel::insert_into(task_attempts::table).values(&rows),
-            c,
-        )
-        .await?;
+        diesel_async::RunQueryDsl::execute(diesel::insert_into(task_attempts::table).values(&rows), c)
+            .await?;
     }
     Ok(outcome)
 }

@@ -26,7 +26,7 @@ pub(crate) const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migra
 pub(crate) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
 /// Serialises migrations of concurrent processes on one PostgreSQL database.
-const PG_MIGRATION_LOCK: i64 = 0x6361_7363_6164_65; // "cascade"
+const PG_MIGRATION_LOCK: i64 = 0x0063_6173_6361_6465; // "cascade" in ASCII
 
 /// SQLite connections as the store uses them.
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
@@ -53,11 +53,7 @@ impl SqlitePools {
 /// Checks out a pooled connection, retrying failures to connect with
 /// exponential backoff. Only acquiring is retried: nothing has been sent yet,
 /// so a retry can never apply a write twice.
-pub(crate) async fn checkout<C>(
-    pool: &Pool<C>,
-    url: &str,
-    options: &StoreOptions,
-) -> Result<Object<C>>
+pub(crate) async fn checkout<C>(pool: &Pool<C>, url: &str, options: &StoreOptions) -> Result<Object<C>>
 where
     C: Send + 'static,
     AsyncDieselConnectionManager<C>: Manager<Type = C, Error = ConnError>,
@@ -224,10 +220,14 @@ pub(crate) fn prepare_sqlite_path(path: &Path) -> Result<()> {
 /// Opens the writer connection and migrates through it (an in-memory
 /// database exists only on that connection).
 pub(crate) async fn sqlite_migrate(pools: &SqlitePools, path: &Path, url: &str) -> Result<()> {
-    let mut conn = pools.writer.get().await.map_err(|source| StoreError::SqliteOpen {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
+    let mut conn = pools
+        .writer
+        .get()
+        .await
+        .map_err(|source| StoreError::SqliteOpen {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
     let outcome = conn
         .spawn_blocking(|conn| Ok(migrate(conn, SQLITE_MIGRATIONS)))
         .await

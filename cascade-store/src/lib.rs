@@ -22,7 +22,8 @@
 //! use cascade_store::{JobStatus, NewDag, NewJob, NewTask, Store, TaskStatus};
 //! use serde_json::json;
 //!
-//! # async fn demo() -> cascade_store::Result<()> {
+//! # #[tokio::main]
+//! # async fn main() -> cascade_store::Result<()> {
 //! let store = Store::open(Some("sqlite://cascade.db")).await?;
 //! let dag = store
 //!     .upsert_dag(NewDag {
@@ -77,9 +78,8 @@ pub mod testing;
 pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
 pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
 pub use crate::model::{
-    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition,
-    NewDag, NewJob, NewTask, TaskAttempt, TaskChanges, TaskExecution, TaskTransition,
-    TransitionBatch,
+    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
+    NewJob, NewTask, TaskAttempt, TaskChanges, TaskExecution, TaskTransition, TransitionBatch,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
 pub use crate::store::{Backend, Store};

@@ -42,7 +42,6 @@ impl fmt::Display for SqliteSynchronous {
 /// Options for opening a [`Store`](crate::Store).
 ///
 /// ```
-/// use std::time::Duration;
 /// use cascade_store::{SqliteSynchronous, StoreOptions};
 ///
 /// let options = StoreOptions {

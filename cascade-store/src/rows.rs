@@ -33,9 +33,7 @@ fn parse_job_status(value: String) -> Result<JobStatus> {
 }
 
 fn parse_task_status(column: &'static str, value: String) -> Result<TaskStatus> {
-    value
-        .parse()
-        .map_err(|_| StoreError::Corrupt { column, value })
+    value.parse().map_err(|_| StoreError::Corrupt { column, value })
 }
 
 #[derive(Debug, Queryable, Selectable)]

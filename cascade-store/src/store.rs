@@ -12,12 +12,13 @@ use crate::error::{Result, StoreError};
 use crate::ids::{DagId, JobId};
 use crate::json::JsonValue;
 use crate::model::{
-    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition,
-    NewDag, NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
+    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
+    NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
 };
 use crate::options::StoreOptions;
 use crate::rows::{
-    self, AttemptRow, DagRow, DagVersionRow, JobCas, JobRow, NewDagRow, NewJobRow, NewTaskRow, TaskCas, TaskRow, naive,
+    self, AttemptRow, DagRow, DagVersionRow, JobCas, JobRow, NewDagRow, NewJobRow, NewTaskRow, TaskCas,
+    TaskRow, naive,
 };
 use crate::schema::{dag_versions, dags, jobs, task_attempts, task_executions};
 use crate::url::{self, Target};
@@ -343,9 +344,7 @@ impl Store {
         .map_err(|e| StoreError::from(e).during("get_dag_version"))?;
         match row {
             Some(row) => Ok(row.into()),
-            None if self.find_dag(dag_id).await?.is_none() => {
-                Err(StoreError::DagNotFound { dag_id })
-            }
+            None if self.find_dag(dag_id).await?.is_none() => Err(StoreError::DagNotFound { dag_id }),
             None => Err(StoreError::DagVersionNotFound { dag_id, version }),
         }
     }
@@ -363,8 +362,7 @@ impl Store {
                 .optional()
         })
         .map_err(|e| StoreError::from(e).during("set_dag_paused"))?;
-        row.map(DagRecord::from)
-            .ok_or(StoreError::DagNotFound { dag_id })
+        row.map(DagRecord::from).ok_or(StoreError::DagNotFound { dag_id })
     }
 
     // ----- jobs -------------------------------------------------------------

@@ -67,18 +67,14 @@ impl Drop for TestDb {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop may run inside a runtime: use a thread with its own.
                 let _ = std::thread::spawn(move || {
-                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
                     else {
                         return;
                     };
                     runtime.block_on(async {
                         if let Ok(mut conn) = AsyncPgConnection::establish(&admin_url).await {
                             let _ = conn
-                                .batch_execute(&format!(
-                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                                ))
+                                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                                 .await;
                         }
                     });
@@ -188,7 +184,10 @@ fn start_throwaway_cluster() -> Option<String> {
             .status()
             .is_ok_and(|s| s.success());
         if !chowned {
-            eprintln!("cannot hand {} to the postgres user; no throwaway cluster", dir.display());
+            eprintln!(
+                "cannot hand {} to the postgres user; no throwaway cluster",
+                dir.display()
+            );
             return None;
         }
     }
@@ -229,7 +228,11 @@ fn start_throwaway_cluster() -> Option<String> {
     }
     // A detached watchdog stops the cluster once this test process is gone.
     let stop = if is_root {
-        format!("runuser -u postgres -- {} -D {} -m immediate stop", pg_ctl.display(), data.display())
+        format!(
+            "runuser -u postgres -- {} -D {} -m immediate stop",
+            pg_ctl.display(),
+            data.display()
+        )
     } else {
         format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display())
     };

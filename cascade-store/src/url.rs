@@ -19,7 +19,10 @@ pub(crate) enum Target {
 /// Classifies and validates a database URL. The URL itself is kept by the caller.
 pub(crate) fn parse(url: &str) -> Result<Target> {
     let Some(colon) = url.find(':') else {
-        return Err(malformed(url, "missing scheme: expected postgres://… or sqlite://…"));
+        return Err(malformed(
+            url,
+            "missing scheme: expected postgres://… or sqlite://…",
+        ));
     };
     let scheme = &url[..colon];
     if scheme.is_empty()
@@ -27,17 +30,19 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     {
-        return Err(malformed(url, "missing scheme: expected postgres://… or sqlite://…"));
+        return Err(malformed(
+            url,
+            "missing scheme: expected postgres://… or sqlite://…",
+        ));
     }
     match scheme.to_ascii_lowercase().as_str() {
         "postgres" | "postgresql" => {
-            let config = tokio_postgres::Config::from_str(url).map_err(|source| {
-                StoreError::MalformedUrl {
+            let config =
+                tokio_postgres::Config::from_str(url).map_err(|source| StoreError::MalformedUrl {
                     url: mask_password(url),
                     problem: "not a valid postgresql connection url",
                     source: Some(Box::new(source)),
-                }
-            })?;
+                })?;
             if config.get_hosts().is_empty() {
                 return Err(malformed(url, "no host: write postgres://user@host/database"));
             }
@@ -119,7 +124,10 @@ mod tests {
             mask_password("postgres://user:secret@host:5432/db"),
             "postgres://user:***@host:5432/db"
         );
-        assert_eq!(mask_password("postgres://user@host/db"), "postgres://user@host/db");
+        assert_eq!(
+            mask_password("postgres://user@host/db"),
+            "postgres://user@host/db"
+        );
         assert_eq!(
             mask_password("postgres://u:p@ss@host/db?password=x&sslmode=off"),
             "postgres://u:***@host/db?password=***&sslmode=off"
@@ -139,8 +147,14 @@ mod tests {
             Some(Target::SqliteFile(PathBuf::from("/abs/a.db")))
         );
         assert_eq!(parse("postgresql://u@h/db").ok(), Some(Target::Postgres));
-        assert!(matches!(parse("mysql://u@h/db"), Err(StoreError::UnknownScheme { .. })));
-        assert!(matches!(parse("cascade.db"), Err(StoreError::MalformedUrl { .. })));
+        assert!(matches!(
+            parse("mysql://u@h/db"),
+            Err(StoreError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            parse("cascade.db"),
+            Err(StoreError::MalformedUrl { .. })
+        ));
         assert!(matches!(
             parse("postgres://u:pw@h:notaport/db"),
             Err(StoreError::MalformedUrl { url, .. }) if url == "postgres://u:***@h:notaport/db"
