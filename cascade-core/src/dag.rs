@@ -132,7 +132,10 @@ impl Dag {
             {
                 missing.push(handler.clone());
             }
-            for name in [&task.on_failure, &task.on_success, &task.on_retry].into_iter().flatten() {
+            for name in [&task.on_failure, &task.on_success, &task.on_retry]
+                .into_iter()
+                .flatten()
+            {
                 if !self.callbacks.contains_key(name) && !missing.contains(name) {
                     missing.push(name.clone());
                 }
@@ -171,9 +174,9 @@ pub mod __private {
 
     use cascade_ir::ValidDag;
 
+    use super::Dag;
     pub use super::{CallbackFn, HandlerFn};
     pub use crate::task::{BoxFuture, CallbackContext, CallbackResult, TaskContext, TaskResult};
-    use super::Dag;
 
     /// Calls a handler and boxes its future; rustc checks the handler's
     /// signature here, at the span of the `run:` path.

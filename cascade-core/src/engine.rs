@@ -139,7 +139,9 @@ fn resolve_workers(configured: Option<usize>) -> Result<usize> {
         return match value.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(Error::Config {
-                reason: format!("CASCADE_WORKERS=`{value}` is not a positive whole number; set it to e.g. 8 or unset it"),
+                reason: format!(
+                    "CASCADE_WORKERS=`{value}` is not a positive whole number; set it to e.g. 8 or unset it"
+                ),
             }),
         };
     }
@@ -295,11 +297,19 @@ impl Cascade {
 
     /// The registered DAG for the version a job was created with: the
     /// current one, or the stored older definition with today's handlers.
-    async fn dag_for_version(&self, current: &Arc<RegisteredDag>, version: i32) -> Result<Arc<RegisteredDag>> {
+    async fn dag_for_version(
+        &self,
+        current: &Arc<RegisteredDag>,
+        version: i32,
+    ) -> Result<Arc<RegisteredDag>> {
         if version == current.record.version {
             return Ok(Arc::clone(current));
         }
-        let stored = self.inner.store.get_dag_version(current.record.id, version).await?;
+        let stored = self
+            .inner
+            .store
+            .get_dag_version(current.record.id, version)
+            .await?;
         let plan = Dag::from_ir_json(&stored.definition)?.plan_arc();
         Ok(Arc::new(RegisteredDag::with_plan(
             current.record.clone(),
@@ -315,16 +325,27 @@ impl Cascade {
     }
 
     fn registry_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<DagId, Arc<RegisteredDag>>> {
-        self.inner.registry.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn registered(&self, dag_id: DagId) -> Option<Arc<RegisteredDag>> {
-        let registry = self.inner.registry.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         registry.get(&dag_id).cloned()
     }
 
     async fn send(&self, command: Command) -> Result<()> {
-        self.inner.commands.send(command).await.map_err(|_| Error::ShutDown)
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::ShutDown)
     }
 
     /// Creates a job of a registered DAG and starts it. `trigger` says what
@@ -425,10 +446,14 @@ impl Cascade {
     }
 
     async fn get_job(&self, job_id: JobId) -> Result<Job> {
-        self.inner.store.get_job(job_id).await.map_err(|error| match error.kind() {
-            ErrorKind::NotFound => Error::JobNotFound { job_id },
-            _ => Error::Store(error),
-        })
+        self.inner
+            .store
+            .get_job(job_id)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::JobNotFound { job_id },
+                _ => Error::Store(error),
+            })
     }
 
     /// The state of a job: from memory while this engine runs it, else from the store.
@@ -438,10 +463,15 @@ impl Cascade {
         if let Ok(Some(state)) = answer.await {
             return Ok(state);
         }
-        let details = self.inner.store.get_job_with_details(job_id).await.map_err(|error| match error.kind() {
-            ErrorKind::NotFound => Error::JobNotFound { job_id },
-            _ => Error::Store(error),
-        })?;
+        let details = self
+            .inner
+            .store
+            .get_job_with_details(job_id)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::JobNotFound { job_id },
+                _ => Error::Store(error),
+            })?;
         Ok(JobState {
             job_id,
             dag_id: details.job.dag_id,
@@ -480,10 +510,15 @@ impl Cascade {
 
     /// Cancels a job that no engine here is running, directly in the store.
     async fn cancel_in_store(&self, job_id: JobId) -> Result<()> {
-        let details = self.inner.store.get_job_with_details(job_id).await.map_err(|error| match error.kind() {
-            ErrorKind::NotFound => Error::JobNotFound { job_id },
-            _ => Error::Store(error),
-        })?;
+        let details = self
+            .inner
+            .store
+            .get_job_with_details(job_id)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::JobNotFound { job_id },
+                _ => Error::Store(error),
+            })?;
         match details.job.status {
             JobStatus::Cancelled => return Ok(()),
             status @ (JobStatus::Success | JobStatus::Failed) => {
@@ -536,7 +571,11 @@ impl Cascade {
     #[tracing::instrument(skip(self), err)]
     pub async fn shutdown(&self) -> Result<()> {
         let handle = {
-            let mut guard = self.inner.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = self
+                .inner
+                .scheduler
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             guard.take()
         };
         let Some(handle) = handle else { return Ok(()) };

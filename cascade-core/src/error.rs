@@ -16,7 +16,9 @@ pub enum Error {
         dag_id: DagId,
     },
     /// The DAG exists in the store but this engine has no handlers for it.
-    #[error("dag `{name}` ({dag_id}) is not registered in this engine: call Cascade::register_dag with it first")]
+    #[error(
+        "dag `{name}` ({dag_id}) is not registered in this engine: call Cascade::register_dag with it first"
+    )]
     DagNotRegistered {
         /// The DAG's id.
         dag_id: DagId,

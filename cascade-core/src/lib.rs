@@ -51,14 +51,16 @@ mod error;
 mod events;
 mod runner;
 mod scheduler;
+#[cfg(unix)]
+mod shell;
 mod state;
 mod task;
 
 pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationError, ValidationErrors};
 pub use cascade_macros::dag;
 pub use cascade_store::{
-    Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus, SqliteSynchronous,
-    Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus,
+    Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus,
+    SqliteSynchronous, Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus,
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{

@@ -13,10 +13,10 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::JobId;
 use crate::dag::Handler;
 use crate::scheduler::Command;
 use crate::task::{TaskContext, TaskError, TaskErrorKind};
-use crate::JobId;
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -108,7 +108,9 @@ pub(crate) fn spawn(attempt: Attempt, reports: mpsc::Sender<Command>) -> AbortHa
                 finished_at: Utc::now(),
             };
             if reports.send(Command::Completed(completion)).await.is_err() {
-                tracing::debug!("scheduler gone; attempt outcome dropped (the task stays running for recovery)");
+                tracing::debug!(
+                    "scheduler gone; attempt outcome dropped (the task stays running for recovery)"
+                );
             }
         }
         .instrument(span),

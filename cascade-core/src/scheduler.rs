@@ -28,8 +28,11 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::{Callback, Dag, Handler};
 use crate::events::{Event, EventBus, JobEvent, JobEventKind, TaskEvent, TaskEventKind};
 use crate::runner::{self, Attempt, Completion, Outcome};
+use crate::shell::{self, ShellSpec};
 use crate::state::{JobState, StateManager, TaskState};
-use crate::task::{BoxFuture, CallbackContext, CallbackEvent, TaskContext, TaskError, TaskErrorKind, TaskResult};
+use crate::task::{
+    BoxFuture, CallbackContext, CallbackEvent, TaskContext, TaskError, TaskErrorKind, TaskResult,
+};
 use crate::{JobId, JobStatus, TaskStatus};
 
 /// Most commands folded into one commit.
@@ -59,7 +62,17 @@ impl RegisteredDag {
             .iter()
             .map(|t| match &t.kind {
                 TaskKind::Local { handler } => dag.handler(handler).cloned(),
-                TaskKind::Shell { .. } => None,
+                TaskKind::Shell { command, env, cwd } => {
+                    let spec = ShellSpec {
+                        command: command.clone(),
+                        env: env.clone(),
+                        cwd: cwd.clone(),
+                    };
+                    let handler: Handler = Arc::new(move |ctx| -> BoxFuture<TaskResult> {
+                        Box::pin(shell::run(ctx, spec.clone()))
+                    });
+                    Some(handler)
+                }
             })
             .collect();
         RegisteredDag {
@@ -247,7 +260,10 @@ enum Guard {
 
 /// Something to do once the batch is committed.
 enum Effect {
-    Spawn { job_id: JobId, task: usize },
+    Spawn {
+        job_id: JobId,
+        task: usize,
+    },
     Publish(Event),
     Callback(Callback, CallbackContext),
     Finished {
@@ -422,7 +438,10 @@ impl Scheduler {
             dag,
         };
         let now = batch.now();
-        batch.effect(Guard::Always, Effect::Publish(job_event(&run, JobEventKind::Created, JobStatus::Pending, now)));
+        batch.effect(
+            Guard::Always,
+            Effect::Publish(job_event(&run, JobEventKind::Created, JobStatus::Pending, now)),
+        );
         let guard = batch.job(JobTransition {
             job_id: job.id,
             from: JobStatus::Pending,
@@ -430,7 +449,10 @@ impl Scheduler {
             error: None,
             at: now,
         });
-        batch.effect(guard, Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)));
+        batch.effect(
+            guard,
+            Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)),
+        );
         for (i, task) in run.dag.plan.tasks().iter().enumerate() {
             if task.dependencies.is_empty() {
                 run.tasks[i].decided = true;
@@ -488,13 +510,18 @@ impl Scheduler {
                 error: None,
                 at: now,
             });
-            batch.effect(guard, Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)));
+            batch.effect(
+                guard,
+                Effect::Publish(job_event(&run, JobEventKind::Started, JobStatus::Running, now)),
+            );
         }
         // Dependency counts from the stored outcomes.
         let plan = Arc::clone(&run.dag.plan);
         for (i, task) in plan.tasks().iter().enumerate() {
             let status = run.tasks[i].status;
-            if matches!(status, TaskStatus::Failed | TaskStatus::UpstreamFailed) && run.first_failure.is_none() {
+            if matches!(status, TaskStatus::Failed | TaskStatus::UpstreamFailed)
+                && run.first_failure.is_none()
+            {
                 run.first_failure = Some(format!("task `{}` {}", task.id, status));
             }
             for &d in &task.dependents {
@@ -542,7 +569,14 @@ impl Scheduler {
             let wait = next_attempt_at
                 .and_then(|at| (at - Utc::now()).to_std().ok())
                 .unwrap_or(Duration::ZERO);
-            self.add_timer(Instant::now() + wait, Timer::Retry { job_id: job.id, task: i, token });
+            self.add_timer(
+                Instant::now() + wait,
+                Timer::Retry {
+                    job_id: job.id,
+                    task: i,
+                    token,
+                },
+            );
         }
         self.maybe_finish(job.id, batch);
     }
@@ -581,14 +615,14 @@ impl Scheduler {
         let attempt = task.attempt;
         let started_at = task.started_at;
         let now = batch.now();
-        let record = |status: TaskStatus, error: Option<String>| TaskAttempt {
+        let record = |status: TaskStatus, error: Option<String>, output: Option<String>| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
             attempt: attempt as i32,
             status,
             worker: None,
             error,
-            output: None,
+            output,
             started_at,
             finished_at: Some(finished_at),
         };
@@ -598,31 +632,58 @@ impl Scheduler {
             let changes = TaskChanges {
                 error: error.clone(),
                 completed_at: Some(finished_at),
-                record_attempt: Some(record(TaskStatus::Cancelled, error.clone())),
+                record_attempt: Some(record(TaskStatus::Cancelled, error.clone(), None)),
                 ..TaskChanges::default()
             };
-            let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Cancelled, changes));
+            let guard = batch.task(transition(
+                job_id,
+                &task_id,
+                TaskStatus::Running,
+                token,
+                TaskStatus::Cancelled,
+                changes,
+            ));
             task.status = TaskStatus::Cancelled;
             job.unfinished -= 1;
-            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Cancelled, error, now)));
+            batch.effect(
+                guard,
+                Effect::Publish(task_event(job, t, TaskEventKind::Cancelled, error, now)),
+            );
             self.maybe_finish(job_id, batch);
             return;
         }
 
         match outcome {
             Outcome::Success(value) => {
+                let output = matches!(plan_task.kind, TaskKind::Shell { .. }).then(|| {
+                    format!(
+                        "stdout:\n{}\nstderr:\n{}",
+                        value["stdout"].as_str().unwrap_or_default(),
+                        value["stderr"].as_str().unwrap_or_default()
+                    )
+                });
                 let changes = TaskChanges {
                     result: Some(value.clone()),
                     completed_at: Some(finished_at),
-                    record_attempt: Some(record(TaskStatus::Success, None)),
+                    record_attempt: Some(record(TaskStatus::Success, None, output)),
                     ..TaskChanges::default()
                 };
-                let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Success, changes));
+                let guard = batch.task(transition(
+                    job_id,
+                    &task_id,
+                    TaskStatus::Running,
+                    token,
+                    TaskStatus::Success,
+                    changes,
+                ));
                 task.status = TaskStatus::Success;
                 task.result = Some(Arc::new(value));
                 job.unfinished -= 1;
                 tracing::info!(job.id = %job_id, task.id = %task_id, attempt, "task succeeded");
-                batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Succeeded, None, now)));
+                batch.effect(
+                    guard,
+                    Effect::Publish(task_event(job, t, TaskEventKind::Succeeded, None, now)),
+                );
                 if let Some(callback) = job.dag.callback(plan_task.on_success.as_ref()) {
                     let ctx = callback_context(job, Some(&task_id), CallbackEvent::Success, attempt, None);
                     batch.effect(guard, Effect::Callback(callback, ctx));
@@ -653,12 +714,15 @@ impl Scheduler {
     ) {
         let now = batch.now();
         let jitter_roll = self.next_random();
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         let task = &mut job.tasks[t];
         let plan_task = &job.dag.plan.tasks()[t];
         let task_id = Arc::clone(&job.dag.task_ids[t]);
         let attempt = task.attempt;
         let message = error.message().to_owned();
+        let output = error.output().map(str::to_owned);
         let retry = plan_task.retry;
         let started_at = task.started_at;
         let record = |status: TaskStatus| TaskAttempt {
@@ -668,7 +732,7 @@ impl Scheduler {
             status,
             worker: None,
             error: Some(message.clone()),
-            output: None,
+            output: output.clone(),
             started_at,
             finished_at: Some(finished_at),
         };
@@ -684,18 +748,41 @@ impl Scheduler {
                 record_attempt: Some(record(TaskStatus::UpForRetry)),
                 ..TaskChanges::default()
             };
-            let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::UpForRetry, changes));
+            let guard = batch.task(transition(
+                job_id,
+                &task_id,
+                TaskStatus::Running,
+                token,
+                TaskStatus::UpForRetry,
+                changes,
+            ));
             task.status = TaskStatus::UpForRetry;
             tracing::warn!(
                 job.id = %job_id, task.id = %task_id, attempt, error = %message, retry_in = ?delay,
                 "task attempt failed; retry scheduled"
             );
-            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::RetryScheduled, Some(message.clone()), now)));
+            batch.effect(
+                guard,
+                Effect::Publish(task_event(
+                    job,
+                    t,
+                    TaskEventKind::RetryScheduled,
+                    Some(message.clone()),
+                    now,
+                )),
+            );
             if let Some(callback) = job.dag.callback(plan_task.on_retry.as_ref()) {
                 let ctx = callback_context(job, Some(&task_id), CallbackEvent::Retry, attempt, Some(message));
                 batch.effect(guard, Effect::Callback(callback, ctx));
             }
-            self.add_timer(Instant::now() + delay, Timer::Retry { job_id, task: t, token });
+            self.add_timer(
+                Instant::now() + delay,
+                Timer::Retry {
+                    job_id,
+                    task: t,
+                    token,
+                },
+            );
             return;
         }
         let changes = TaskChanges {
@@ -704,16 +791,38 @@ impl Scheduler {
             record_attempt: Some(record(TaskStatus::Failed)),
             ..TaskChanges::default()
         };
-        let guard = batch.task(transition(job_id, &task_id, TaskStatus::Running, token, TaskStatus::Failed, changes));
+        let guard = batch.task(transition(
+            job_id,
+            &task_id,
+            TaskStatus::Running,
+            token,
+            TaskStatus::Failed,
+            changes,
+        ));
         task.status = TaskStatus::Failed;
         job.unfinished -= 1;
         if job.first_failure.is_none() {
             job.first_failure = Some(format!("task `{task_id}` failed: {message}"));
         }
         tracing::error!(job.id = %job_id, task.id = %task_id, attempt, error = %message, "task failed");
-        batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Failed, Some(message.clone()), now)));
+        batch.effect(
+            guard,
+            Effect::Publish(task_event(
+                job,
+                t,
+                TaskEventKind::Failed,
+                Some(message.clone()),
+                now,
+            )),
+        );
         if let Some(callback) = job.dag.callback(plan_task.on_failure.as_ref()) {
-            let ctx = callback_context(job, Some(&task_id), CallbackEvent::Failure, attempt, Some(message));
+            let ctx = callback_context(
+                job,
+                Some(&task_id),
+                CallbackEvent::Failure,
+                attempt,
+                Some(message),
+            );
             batch.effect(guard, Effect::Callback(callback, ctx));
         }
         self.propagate(job_id, t, TaskStatus::Failed, batch);
@@ -723,7 +832,9 @@ impl Scheduler {
     /// settled as upstream-failed or skipped, which is passed on in turn.
     /// Work is proportional to the out-degrees involved.
     fn propagate(&mut self, job_id: JobId, t: usize, status: TaskStatus, batch: &mut Batch) {
-        let Some(mut job) = self.jobs.remove(&job_id) else { return };
+        let Some(mut job) = self.jobs.remove(&job_id) else {
+            return;
+        };
         let plan = Arc::clone(&job.dag.plan);
         let mut stack = vec![(t, status)];
         while let Some((t, status)) = stack.pop() {
@@ -765,7 +876,14 @@ impl Scheduler {
             completed_at: Some(now),
             ..TaskChanges::default()
         };
-        let guard = batch.task(transition(job.job_id, &task_id, task.status, task.token, to, changes));
+        let guard = batch.task(transition(
+            job.job_id,
+            &task_id,
+            task.status,
+            task.token,
+            to,
+            changes,
+        ));
         task.status = to;
         task.decided = true;
         job.unfinished -= 1;
@@ -830,7 +948,9 @@ impl Scheduler {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else {
+                break;
+            };
             match timer {
                 Timer::Retry { job_id, task, token } => {
                     if let Some(job) = self.jobs.get(&job_id)
@@ -884,7 +1004,9 @@ impl Scheduler {
             return;
         }
         while self.running < self.config.workers {
-            let Some((job_id, t)) = self.queued.pop_front() else { break };
+            let Some((job_id, t)) = self.queued.pop_front() else {
+                break;
+            };
             self.start_attempt(job_id, t, batch);
         }
         let mut ready = newly_ready.into_iter();
@@ -894,7 +1016,9 @@ impl Scheduler {
         }
         let now = batch.now();
         for (job_id, t) in ready {
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
             let task = &mut job.tasks[t];
             if job.cancelling || !matches!(task.status, TaskStatus::Pending | TaskStatus::UpForRetry) {
                 if task.status == TaskStatus::Queued {
@@ -912,21 +1036,33 @@ impl Scheduler {
                 TaskChanges::default(),
             ));
             task.status = TaskStatus::Queued;
-            batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Queued, None, now)));
+            batch.effect(
+                guard,
+                Effect::Publish(task_event(job, t, TaskEventKind::Queued, None, now)),
+            );
             self.queued.push_back((job_id, t));
         }
     }
 
     fn start_attempt(&mut self, job_id: JobId, t: usize, batch: &mut Batch) {
         let now = batch.now();
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         let task = &mut job.tasks[t];
         if job.cancelling
-            || !matches!(task.status, TaskStatus::Pending | TaskStatus::Queued | TaskStatus::UpForRetry | TaskStatus::Running)
+            || !matches!(
+                task.status,
+                TaskStatus::Pending | TaskStatus::Queued | TaskStatus::UpForRetry | TaskStatus::Running
+            )
         {
             return;
         }
-        let attempt = if task.interrupted { task.attempt.max(1) } else { task.attempt + 1 };
+        let attempt = if task.interrupted {
+            task.attempt.max(1)
+        } else {
+            task.attempt + 1
+        };
         let token = task.token + 1;
         let changes = TaskChanges {
             attempt: Some(attempt as i32),
@@ -937,7 +1073,14 @@ impl Scheduler {
             ..TaskChanges::default()
         };
         let task_id = &job.dag.task_ids[t];
-        let guard = batch.task(transition(job_id, task_id, task.status, task.token, TaskStatus::Running, changes));
+        let guard = batch.task(transition(
+            job_id,
+            task_id,
+            task.status,
+            task.token,
+            TaskStatus::Running,
+            changes,
+        ));
         task.status = TaskStatus::Running;
         task.attempt = attempt;
         task.token = token;
@@ -946,18 +1089,27 @@ impl Scheduler {
         job.running += 1;
         self.running += 1;
         tracing::info!(job.id = %job_id, task.id = %task_id, attempt, "task started");
-        batch.effect(guard, Effect::Publish(task_event(job, t, TaskEventKind::Started, None, now)));
+        batch.effect(
+            guard,
+            Effect::Publish(task_event(job, t, TaskEventKind::Started, None, now)),
+        );
         batch.effect(guard, Effect::Spawn { job_id, task: t });
     }
 
     fn maybe_finish(&mut self, job_id: JobId, batch: &mut Batch) {
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         if job.finishing || job.unfinished > 0 || job.running > 0 {
             return;
         }
         job.finishing = true;
         let (status, kind, error) = if job.cancelling {
-            (JobStatus::Cancelled, JobEventKind::Cancelled, Some("cancelled".to_owned()))
+            (
+                JobStatus::Cancelled,
+                JobEventKind::Cancelled,
+                Some("cancelled".to_owned()),
+            )
         } else if let Some(error) = job.first_failure.clone() {
             (JobStatus::Failed, JobEventKind::Failed, Some(error))
         } else {
@@ -973,7 +1125,9 @@ impl Scheduler {
         });
         job.status = status;
         match status {
-            JobStatus::Failed => tracing::error!(job.id = %job_id, dag = %job.dag.name, error = ?error, "job failed"),
+            JobStatus::Failed => {
+                tracing::error!(job.id = %job_id, dag = %job.dag.name, error = ?error, "job failed")
+            }
             _ => tracing::info!(job.id = %job_id, dag = %job.dag.name, status = %status, "job finished"),
         }
         let mut event = job_event(job, kind, status, now);
@@ -981,8 +1135,14 @@ impl Scheduler {
         batch.effect(guard, Effect::Publish(event));
         let ir = job.dag.plan.ir();
         let callback = match status {
-            JobStatus::Success => job.dag.callback(ir.on_success.as_ref()).map(|c| (c, CallbackEvent::Success)),
-            JobStatus::Failed => job.dag.callback(ir.on_failure.as_ref()).map(|c| (c, CallbackEvent::Failure)),
+            JobStatus::Success => job
+                .dag
+                .callback(ir.on_success.as_ref())
+                .map(|c| (c, CallbackEvent::Success)),
+            JobStatus::Failed => job
+                .dag
+                .callback(ir.on_failure.as_ref())
+                .map(|c| (c, CallbackEvent::Failure)),
             _ => None,
         };
         if let Some((callback, event)) = callback {
@@ -1066,8 +1226,12 @@ impl Scheduler {
     }
 
     fn spawn(&mut self, job_id: JobId, t: usize) {
-        let Some(reports) = self.reports.upgrade() else { return };
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(reports) = self.reports.upgrade() else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         let plan = Arc::clone(&job.dag.plan);
         let plan_task = &plan.tasks()[t];
         let mut upstream = HashMap::with_capacity(plan_task.dependencies.len());
@@ -1088,19 +1252,21 @@ impl Scheduler {
             upstream,
             cancellation.clone(),
         );
-        let handler = match (&job.dag.handlers[t], &plan_task.kind) {
-            (Some(handler), _) => Arc::clone(handler),
-            (None, TaskKind::Local { handler }) => {
-                let message = format!("no handler is registered under the name `{handler}`");
+        let handler = match &job.dag.handlers[t] {
+            Some(handler) => Arc::clone(handler),
+            None => {
+                let message = match &plan_task.kind {
+                    TaskKind::Local { handler } => {
+                        format!("no handler is registered under the name `{handler}`")
+                    }
+                    TaskKind::Shell { .. } => "shell tasks need a Unix system".to_owned(),
+                };
                 let handler: Handler = Arc::new(move |_| -> BoxFuture<TaskResult> {
                     let message = message.clone();
                     Box::pin(async move { Err(TaskError::fatal(message)) })
                 });
                 handler
             }
-            (None, TaskKind::Shell { .. }) => Arc::new(|_| -> BoxFuture<TaskResult> {
-                Box::pin(async { Err(TaskError::fatal("shell tasks are not supported by this engine yet")) })
-            }),
         };
         let abort = runner::spawn(
             Attempt {
@@ -1123,7 +1289,12 @@ impl Scheduler {
     /// acted on. Their rows still say what was committed, and recovery resumes
     /// them.
     fn detach(&mut self, store: &TransitionBatch) {
-        let mut ids: Vec<JobId> = store.tasks.iter().map(|t| t.job_id).chain(store.jobs.iter().map(|j| j.job_id)).collect();
+        let mut ids: Vec<JobId> = store
+            .tasks
+            .iter()
+            .map(|t| t.job_id)
+            .chain(store.jobs.iter().map(|j| j.job_id))
+            .collect();
         ids.sort();
         ids.dedup();
         for job_id in ids {
@@ -1208,7 +1379,13 @@ fn event_error(event: &mut Event, error: Option<String>) {
     }
 }
 
-fn task_event(job: &JobRun, t: usize, kind: TaskEventKind, error: Option<String>, at: DateTime<Utc>) -> Event {
+fn task_event(
+    job: &JobRun,
+    t: usize,
+    kind: TaskEventKind,
+    error: Option<String>,
+    at: DateTime<Utc>,
+) -> Event {
     Event::Task(TaskEvent {
         kind,
         job_id: job.job_id,

@@ -60,6 +60,7 @@ pub enum TaskErrorKind {
 pub struct TaskError {
     kind: TaskErrorKind,
     message: String,
+    output: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -79,6 +80,7 @@ impl TaskError {
         TaskError {
             kind,
             message: message.into(),
+            output: None,
             source: None,
         }
     }
@@ -93,9 +95,24 @@ impl TaskError {
         &self.message
     }
 
+    /// Attaches captured output (a command's stdout and stderr), stored with
+    /// the attempt.
+    pub fn with_output(mut self, output: impl Into<String>) -> Self {
+        self.output = Some(output.into());
+        self
+    }
+
+    /// The captured output, if any.
+    pub fn output(&self) -> Option<&str> {
+        self.output.as_deref()
+    }
+
     /// Whether another attempt may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, TaskErrorKind::Retryable | TaskErrorKind::TimedOut | TaskErrorKind::Panicked)
+        matches!(
+            self.kind,
+            TaskErrorKind::Retryable | TaskErrorKind::TimedOut | TaskErrorKind::Panicked
+        )
     }
 
     /// The underlying error, when this one was converted with `?`.
@@ -134,6 +151,7 @@ where
         TaskError {
             kind: TaskErrorKind::Retryable,
             message,
+            output: None,
             source: Some(Box::new(error)),
         }
     }

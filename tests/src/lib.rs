@@ -77,7 +77,10 @@ pub struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
     pub fn push(&self, entry: impl Into<String>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(entry.into());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry.into());
     }
 
     pub fn entries(&self) -> Vec<String> {

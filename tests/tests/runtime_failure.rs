@@ -4,7 +4,11 @@ use cascade_core::{DagId, Error, JobId, JobStatus, TaskContext, TaskError, TaskS
 use cascade_tests::{backend_tests, dag_from, engine, ir};
 use serde_json::json;
 
-backend_tests!(failing_middle_task, panicking_task_fails_and_pool_survives, unknown_ids_are_typed_errors);
+backend_tests!(
+    failing_middle_task,
+    panicking_task_fails_and_pool_survives,
+    unknown_ids_are_typed_errors
+);
 
 async fn failing_middle_task(url: &str) {
     let cascade = engine(url, 4).await;
@@ -19,15 +23,27 @@ async fn failing_middle_task(url: &str) {
         ],
     ))
     .with_handler("ok", |_ctx: TaskContext| async { Ok(json!("fine")) })
-    .with_handler("fail", |_ctx: TaskContext| async { Err(TaskError::fatal("disk full")) });
+    .with_handler("fail", |_ctx: TaskContext| async {
+        Err(TaskError::fatal("disk full"))
+    });
     let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade.trigger_job(record.id, "manual", json!({})).await.expect("trigger");
+    let job = cascade
+        .trigger_job(record.id, "manual", json!({}))
+        .await
+        .expect("trigger");
     let job = cascade.wait_for_job(job.id).await.expect("wait");
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.clone().unwrap_or_default();
-    assert!(error.contains("middle") && error.contains("disk full"), "job error: {error}");
+    assert!(
+        error.contains("middle") && error.contains("disk full"),
+        "job error: {error}"
+    );
 
-    let tasks = cascade.store().list_task_executions_for_job(job.id).await.expect("tasks");
+    let tasks = cascade
+        .store()
+        .list_task_executions_for_job(job.id)
+        .await
+        .expect("tasks");
     let status = |id: &str| tasks.iter().find(|t| t.task_id == id).map(|t| t.status);
     assert_eq!(status("first"), Some(TaskStatus::Success));
     assert_eq!(status("middle"), Some(TaskStatus::Failed));
@@ -36,7 +52,11 @@ async fn failing_middle_task(url: &str) {
     assert_eq!(status("independent"), Some(TaskStatus::Success));
     let middle = tasks.iter().find(|t| t.task_id == "middle").expect("middle");
     assert_eq!(middle.error.as_deref(), Some("disk full"));
-    let attempts = cascade.store().list_task_attempts(job.id, "middle").await.expect("attempts");
+    let attempts = cascade
+        .store()
+        .list_task_attempts(job.id, "middle")
+        .await
+        .expect("attempts");
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].error.as_deref(), Some("disk full"));
     cascade.shutdown().await.expect("shutdown");
@@ -44,30 +64,49 @@ async fn failing_middle_task(url: &str) {
 
 async fn panicking_task_fails_and_pool_survives(url: &str) {
     let cascade = engine(url, 2).await;
-    let dag = dag_from(&ir("panics", &[("boom", "boom", &[]), ("after", "ok", &["boom"])]))
-        .with_handler("boom", |_ctx: TaskContext| async {
-            if true {
-                panic!("index out of bounds in the handler");
-            }
-            Ok(json!(null))
-        })
-        .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) });
+    let dag = dag_from(&ir(
+        "panics",
+        &[("boom", "boom", &[]), ("after", "ok", &["boom"])],
+    ))
+    .with_handler("boom", |_ctx: TaskContext| async {
+        if true {
+            panic!("index out of bounds in the handler");
+        }
+        Ok(json!(null))
+    })
+    .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) });
     let fine = dag_from(&ir("fine", &[("a", "ok", &[]), ("b", "ok", &["a"])]))
         .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) });
     let panics = cascade.register_dag(dag).await.expect("register");
     let fine = cascade.register_dag(fine).await.expect("register");
     for _ in 0..3 {
-        let job = cascade.trigger_job(panics.id, "manual", json!({})).await.expect("trigger");
+        let job = cascade
+            .trigger_job(panics.id, "manual", json!({}))
+            .await
+            .expect("trigger");
         let job = cascade.wait_for_job(job.id).await.expect("wait");
         assert_eq!(job.status, JobStatus::Failed);
-        let tasks = cascade.store().list_task_executions_for_job(job.id).await.expect("tasks");
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job.id)
+            .await
+            .expect("tasks");
         let boom = tasks.iter().find(|t| t.task_id == "boom").expect("boom");
         assert_eq!(boom.status, TaskStatus::Failed);
         let error = boom.error.clone().unwrap_or_default();
-        assert!(error.contains("panicked") && error.contains("index out of bounds"), "error: {error}");
+        assert!(
+            error.contains("panicked") && error.contains("index out of bounds"),
+            "error: {error}"
+        );
     }
-    let job = cascade.trigger_job(fine.id, "manual", json!({})).await.expect("trigger");
-    assert_eq!(cascade.wait_for_job(job.id).await.expect("wait").status, JobStatus::Success);
+    let job = cascade
+        .trigger_job(fine.id, "manual", json!({}))
+        .await
+        .expect("trigger");
+    assert_eq!(
+        cascade.wait_for_job(job.id).await.expect("wait").status,
+        JobStatus::Success
+    );
     cascade.shutdown().await.expect("shutdown");
 }
 
@@ -79,16 +118,35 @@ async fn unknown_ids_are_typed_errors(url: &str) {
         cascade.trigger_job(missing_dag, "manual", json!({})).await,
         Err(Error::DagNotFound { dag_id }) if dag_id == missing_dag
     ));
-    assert!(matches!(cascade.wait_for_job(missing_job).await, Err(Error::JobNotFound { job_id }) if job_id == missing_job));
-    assert!(matches!(cascade.job_state(missing_job).await, Err(Error::JobNotFound { .. })));
-    assert!(matches!(cascade.cancel_job(missing_job).await, Err(Error::JobNotFound { .. })));
-    let message = cascade.trigger_job(missing_dag, "manual", json!({})).await.map(|_| ()).unwrap_err().to_string();
-    assert!(message.contains("424242") && message.contains("register"), "message: {message}");
+    assert!(
+        matches!(cascade.wait_for_job(missing_job).await, Err(Error::JobNotFound { job_id }) if job_id == missing_job)
+    );
+    assert!(matches!(
+        cascade.job_state(missing_job).await,
+        Err(Error::JobNotFound { .. })
+    ));
+    assert!(matches!(
+        cascade.cancel_job(missing_job).await,
+        Err(Error::JobNotFound { .. })
+    ));
+    let message = cascade
+        .trigger_job(missing_dag, "manual", json!({}))
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("424242") && message.contains("register"),
+        "message: {message}"
+    );
 
     // A DAG stored by another engine but not registered in this one.
     let other = engine(url, 1).await;
     let record = other
-        .register_dag(dag_from(&ir("elsewhere", &[("a", "ok", &[])])).with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) }))
+        .register_dag(
+            dag_from(&ir("elsewhere", &[("a", "ok", &[])]))
+                .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) }),
+        )
         .await
         .expect("register");
     assert!(matches!(

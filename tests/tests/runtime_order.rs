@@ -9,41 +9,80 @@ use cascade_core::{JobStatus, TaskContext, TaskError, TaskStatus};
 use cascade_tests::{backend_tests, dag_from, engine, ir};
 use serde_json::json;
 
-backend_tests!(params_and_upstream_results, diamond_branches_run_in_parallel, fifty_jobs_of_twenty_tasks);
+backend_tests!(
+    params_and_upstream_results,
+    diamond_branches_run_in_parallel,
+    fifty_jobs_of_twenty_tasks
+);
 
 async fn params_and_upstream_results(url: &str) {
     let cascade = engine(url, 4).await;
     let dag = dag_from(&ir(
         "pass_data",
-        &[("numbers", "numbers", &[]), ("double", "double", &["numbers"]), ("total", "total", &["numbers", "double"])],
+        &[
+            ("numbers", "numbers", &[]),
+            ("double", "double", &["numbers"]),
+            ("total", "total", &["numbers", "double"]),
+        ],
     ))
     .with_handler("numbers", |ctx: TaskContext| async move {
-        let n = ctx.params()["n"].as_i64().ok_or_else(|| TaskError::fatal("param n missing"))?;
+        let n = ctx.params()["n"]
+            .as_i64()
+            .ok_or_else(|| TaskError::fatal("param n missing"))?;
         Ok(json!((1..=n).collect::<Vec<i64>>()))
     })
     .with_handler("double", |ctx: TaskContext| async move {
         let numbers = ctx.upstream("numbers").cloned().unwrap_or_default();
-        let doubled: Vec<i64> = numbers.as_array().into_iter().flatten().filter_map(|v| v.as_i64()).map(|v| v * 2).collect();
+        let doubled: Vec<i64> = numbers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_i64())
+            .map(|v| v * 2)
+            .collect();
         Ok(json!(doubled))
     })
     .with_handler("total", |ctx: TaskContext| async move {
         let sum = |id: &str| -> i64 {
-            ctx.upstream(id).and_then(|v| v.as_array().cloned()).unwrap_or_default().iter().filter_map(|v| v.as_i64()).sum()
+            ctx.upstream(id)
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v.as_i64())
+                .sum()
         };
         assert!(ctx.upstream("not_a_dependency").is_none());
         Ok(json!({ "numbers": sum("numbers"), "double": sum("double"), "env": ctx.params()["env"] }))
     });
     let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade.trigger_job(record.id, "manual", json!({ "n": 4, "env": "test" })).await.expect("trigger");
+    let job = cascade
+        .trigger_job(record.id, "manual", json!({ "n": 4, "env": "test" }))
+        .await
+        .expect("trigger");
     let job = cascade.wait_for_job(job.id).await.expect("wait");
     assert_eq!(job.status, JobStatus::Success);
     assert_eq!(job.params, json!({ "n": 4, "env": "test" }));
 
-    let tasks = cascade.store().list_task_executions_for_job(job.id).await.expect("tasks");
+    let tasks = cascade
+        .store()
+        .list_task_executions_for_job(job.id)
+        .await
+        .expect("tasks");
     let total = tasks.iter().find(|t| t.task_id == "total").expect("total row");
-    assert_eq!(total.result, Some(json!({ "numbers": 10, "double": 20, "env": "test" })));
-    assert!(tasks.iter().all(|t| t.status == TaskStatus::Success && t.attempt == 1));
-    let details = cascade.store().get_job_with_details(job.id).await.expect("details");
+    assert_eq!(
+        total.result,
+        Some(json!({ "numbers": 10, "double": 20, "env": "test" }))
+    );
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Success && t.attempt == 1)
+    );
+    let details = cascade
+        .store()
+        .get_job_with_details(job.id)
+        .await
+        .expect("details");
     assert_eq!(details.tasks.len(), 3);
     assert!(details.job.started_at.is_some() && details.job.completed_at.is_some());
     cascade.shutdown().await.expect("shutdown");
@@ -61,31 +100,54 @@ async fn diamond_branches_run_in_parallel(url: &str) {
             let order = Arc::clone(&order);
             async move {
                 let start = Instant::now();
-                order.lock().expect("lock").push(format!("start {}", ctx.task_id()));
+                order
+                    .lock()
+                    .expect("lock")
+                    .push(format!("start {}", ctx.task_id()));
                 if matches!(ctx.task_id(), "left" | "right") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 order.lock().expect("lock").push(format!("end {}", ctx.task_id()));
-                spans.lock().expect("lock").insert(ctx.task_id().to_owned(), (start, Instant::now()));
+                spans
+                    .lock()
+                    .expect("lock")
+                    .insert(ctx.task_id().to_owned(), (start, Instant::now()));
                 Ok(json!(null))
             }
         }
     };
     let dag = dag_from(&ir(
         "diamond",
-        &[("top", "h", &[]), ("left", "h", &["top"]), ("right", "h", &["top"]), ("bottom", "h", &["left", "right"])],
+        &[
+            ("top", "h", &[]),
+            ("left", "h", &["top"]),
+            ("right", "h", &["top"]),
+            ("bottom", "h", &["left", "right"]),
+        ],
     ))
     .with_handler("h", handler);
     let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade.trigger_job(record.id, "manual", json!({})).await.expect("trigger");
+    let job = cascade
+        .trigger_job(record.id, "manual", json!({}))
+        .await
+        .expect("trigger");
     let job = cascade.wait_for_job(job.id).await.expect("wait");
     assert_eq!(job.status, JobStatus::Success);
 
     let spans = spans.lock().expect("lock").clone();
     let (left, right) = (spans["left"], spans["right"]);
-    assert!(left.0 < right.1 && right.0 < left.1, "left and right ran one after the other: {spans:?}");
-    assert!(spans["top"].1 <= left.0 && spans["top"].1 <= right.0, "a branch started before top finished");
-    assert!(spans["bottom"].0 >= left.1 && spans["bottom"].0 >= right.1, "bottom started before both branches ended");
+    assert!(
+        left.0 < right.1 && right.0 < left.1,
+        "left and right ran one after the other: {spans:?}"
+    );
+    assert!(
+        spans["top"].1 <= left.0 && spans["top"].1 <= right.0,
+        "a branch started before top finished"
+    );
+    assert!(
+        spans["bottom"].0 >= left.1 && spans["bottom"].0 >= right.1,
+        "bottom started before both branches ended"
+    );
     let order = order.lock().expect("lock").clone();
     assert_eq!(order.first().map(String::as_str), Some("start top"));
     assert_eq!(order.last().map(String::as_str), Some("end bottom"));
@@ -109,7 +171,11 @@ async fn fifty_jobs_of_twenty_tasks(url: &str) {
                 if !deps_seen {
                     return Err(TaskError::fatal("a dependency's result is missing"));
                 }
-                *runs.lock().expect("lock").entry((ctx.job_id().0, ctx.task_id().to_owned())).or_default() += 1;
+                *runs
+                    .lock()
+                    .expect("lock")
+                    .entry((ctx.job_id().0, ctx.task_id().to_owned()))
+                    .or_default() += 1;
                 Ok(json!(ctx.task_id()))
             }
         }
@@ -124,18 +190,30 @@ async fn fifty_jobs_of_twenty_tasks(url: &str) {
         spec.push((format!("t{i}"), deps));
     }
     spec.push(("t19".into(), vec!["t17".into(), "t18".into()]));
-    let tasks: Vec<(&str, &str, Vec<&str>)> =
-        spec.iter().map(|(id, deps)| (id.as_str(), "h", deps.iter().map(String::as_str).collect())).collect();
-    let tasks: Vec<(&str, &str, &[&str])> = tasks.iter().map(|(id, h, deps)| (*id, *h, deps.as_slice())).collect();
-    let deps: serde_json::Map<String, serde_json::Value> = spec.iter().map(|(id, deps)| (id.clone(), json!(deps))).collect();
-    let record = cascade.register_dag(dag_from(&ir("twenty", &tasks)).with_handler("h", handler)).await.expect("register");
+    let tasks: Vec<(&str, &str, Vec<&str>)> = spec
+        .iter()
+        .map(|(id, deps)| (id.as_str(), "h", deps.iter().map(String::as_str).collect()))
+        .collect();
+    let tasks: Vec<(&str, &str, &[&str])> = tasks
+        .iter()
+        .map(|(id, h, deps)| (*id, *h, deps.as_slice()))
+        .collect();
+    let deps: serde_json::Map<String, serde_json::Value> =
+        spec.iter().map(|(id, deps)| (id.clone(), json!(deps))).collect();
+    let record = cascade
+        .register_dag(dag_from(&ir("twenty", &tasks)).with_handler("h", handler))
+        .await
+        .expect("register");
 
     let mut triggers = tokio::task::JoinSet::new();
     for i in 0..50 {
         let cascade = cascade.clone();
         let params = json!({ "i": i, "deps": deps });
         triggers.spawn(async move {
-            let job = cascade.trigger_job(record.id, "manual", params).await.expect("trigger");
+            let job = cascade
+                .trigger_job(record.id, "manual", params)
+                .await
+                .expect("trigger");
             cascade.wait_for_job(job.id).await.expect("wait")
         });
     }
@@ -145,10 +223,24 @@ async fn fifty_jobs_of_twenty_tasks(url: &str) {
     }
     assert_eq!(jobs.len(), 50);
     for job in &jobs {
-        assert_eq!(job.status, JobStatus::Success, "job {} failed: {:?}", job.id, job.error);
-        let tasks = cascade.store().list_task_executions_for_job(job.id).await.expect("tasks");
+        assert_eq!(
+            job.status,
+            JobStatus::Success,
+            "job {} failed: {:?}",
+            job.id,
+            job.error
+        );
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job.id)
+            .await
+            .expect("tasks");
         assert_eq!(tasks.len(), 20);
-        assert!(tasks.iter().all(|t| t.status == TaskStatus::Success && t.attempt == 1));
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.status == TaskStatus::Success && t.attempt == 1)
+        );
     }
     let runs = runs.lock().expect("lock").clone();
     assert_eq!(runs.len(), 1000, "every task of every job ran");

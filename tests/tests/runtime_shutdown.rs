@@ -14,7 +14,14 @@ use tokio_stream::StreamExt;
 backend_tests!(shutdown_mid_job_then_resume);
 
 fn pipeline() -> String {
-    ir("resumable", &[("first", "first", &[]), ("slow", "slow", &["first"]), ("last", "last", &["slow"])])
+    ir(
+        "resumable",
+        &[
+            ("first", "first", &[]),
+            ("slow", "slow", &["first"]),
+            ("last", "last", &["slow"]),
+        ],
+    )
 }
 
 async fn shutdown_mid_job_then_resume(url: &str) {
@@ -55,7 +62,10 @@ async fn shutdown_mid_job_then_resume(url: &str) {
         .with_handler("last", |_ctx: TaskContext| async { Ok(json!("last done")) });
     let record = engine_one.register_dag(stuck).await.expect("register");
     let mut events = engine_one.subscribe(Topic::Dag(record.id));
-    let job = engine_one.trigger_job(record.id, "manual", json!({ "run": 1 })).await.expect("trigger");
+    let job = engine_one
+        .trigger_job(record.id, "manual", json!({ "run": 1 }))
+        .await
+        .expect("trigger");
     // Wait until `slow` is running.
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
@@ -65,19 +75,40 @@ async fn shutdown_mid_job_then_resume(url: &str) {
         }
     }
     engine_one.shutdown().await.expect("shutdown");
-    assert!(engine_one.trigger_job(record.id, "manual", json!({})).await.is_err(), "a stopped engine accepts no jobs");
+    assert!(
+        engine_one
+            .trigger_job(record.id, "manual", json!({}))
+            .await
+            .is_err(),
+        "a stopped engine accepts no jobs"
+    );
 
     // Nothing is lost or corrupted: the job is still running, first's result is kept.
-    let details = engine_one.store().get_job_with_details(job.id).await.expect("details");
+    let details = engine_one
+        .store()
+        .get_job_with_details(job.id)
+        .await
+        .expect("details");
     assert_eq!(details.job.status, JobStatus::Running);
-    let status = |id: &str| details.tasks.iter().find(|t| t.task_id == id).map(|t| (t.status, t.attempt));
+    let status = |id: &str| {
+        details
+            .tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .map(|t| (t.status, t.attempt))
+    };
     assert_eq!(status("first"), Some((TaskStatus::Success, 1)));
     assert_eq!(status("slow"), Some((TaskStatus::Running, 1)));
     assert_eq!(status("last"), Some((TaskStatus::Pending, 0)));
     drop(engine_one);
 
     // A new engine resumes the job once the DAG is registered again.
-    let engine_two = Cascade::builder().database_url(url).workers(2).build().await.expect("engine");
+    let engine_two = Cascade::builder()
+        .database_url(url)
+        .workers(2)
+        .build()
+        .await
+        .expect("engine");
     let healthy = dag_from(&pipeline())
         .with_handler("first", counting(&first_runs))
         .with_handler("slow", |ctx: TaskContext| async move {
@@ -92,11 +123,21 @@ async fn shutdown_mid_job_then_resume(url: &str) {
     assert_eq!(job.status, JobStatus::Success);
     assert_eq!(first_runs.load(Ordering::SeqCst), 1, "a finished task ran again");
     assert_eq!(slow_runs.load(Ordering::SeqCst), 1);
-    let tasks = engine_two.store().list_task_executions_for_job(job.id).await.expect("tasks");
+    let tasks = engine_two
+        .store()
+        .list_task_executions_for_job(job.id)
+        .await
+        .expect("tasks");
     let slow = tasks.iter().find(|t| t.task_id == "slow").expect("slow");
     // The interrupted attempt keeps its number; its result saw first's stored result.
     assert_eq!(slow.attempt, 1);
-    assert_eq!(slow.result, Some(json!({ "attempt": 1, "saw_first": "first done" })));
-    assert!(slow.fencing_token >= 2, "the resumed attempt got a new fencing token");
+    assert_eq!(
+        slow.result,
+        Some(json!({ "attempt": 1, "saw_first": "first done" }))
+    );
+    assert!(
+        slow.fencing_token >= 2,
+        "the resumed attempt got a new fencing token"
+    );
     engine_two.shutdown().await.expect("shutdown");
 }
