@@ -2,6 +2,8 @@
 //! backends, engines, and small DAG builders.
 #![allow(missing_docs)]
 
+pub mod crash;
+
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 

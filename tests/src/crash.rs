@@ -1,0 +1,123 @@
+//! DAGs for the crash-recovery tests, shared by the test and the child
+//! process it kills (`src/bin/cascade-crash-child.rs`).
+//!
+//! Every handler leaves a marker file in the job's `dir` param, so the test can
+//! see what ran, how often, and in which process.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cascade_core::{Dag, TaskContext, TaskError, TaskResult};
+use serde_json::json;
+
+/// Which process runs the handlers: the one that will be killed hangs in the
+/// middle of `work`; the recovering one finishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The child process that gets SIGKILLed.
+    Victim,
+    /// The test process that recovers.
+    Survivor,
+}
+
+fn dir(ctx: &TaskContext) -> Result<PathBuf, TaskError> {
+    ctx.params()["dir"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| TaskError::fatal("param dir missing"))
+}
+
+/// Appends a line to `<dir>/<name>.log`.
+pub fn mark(dir: &Path, name: &str, line: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    writeln!(file, "{line}")
+}
+
+/// The lines of `<dir>/<name>.log`.
+pub fn marks(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(format!("{name}.log")))
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+async fn prepare(ctx: TaskContext) -> TaskResult {
+    mark(&dir(&ctx)?, "prepare", &format!("pid {}", std::process::id()))?;
+    Ok(json!({ "prepared": true }))
+}
+
+/// A side effect made exactly-once with the idempotency key: the ledger entry
+/// is written only if no entry with this key exists.
+fn charge_once(dir: &Path, key: &str) -> std::io::Result<bool> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(format!("ledger-{}", key.replace(':', "-"))))
+    {
+        Ok(mut file) => {
+            writeln!(file, "charged")?;
+            mark(dir, "ledger", key)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn work(ctx: TaskContext, role: Role) -> TaskResult {
+    let dir = dir(&ctx)?;
+    mark(
+        &dir,
+        "work",
+        &format!("pid {} attempt {}", std::process::id(), ctx.attempt()),
+    )?;
+    let charged = charge_once(&dir, ctx.idempotency_key())?;
+    if role == Role::Victim {
+        // Hang mid-task until the test kills this process.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    Ok(json!({ "charged_now": charged, "saw": ctx.upstream("prepare").cloned() }))
+}
+
+async fn finish(ctx: TaskContext) -> TaskResult {
+    mark(&dir(&ctx)?, "finish", &format!("pid {}", std::process::id()))?;
+    Ok(json!("done"))
+}
+
+async fn flaky(ctx: TaskContext) -> TaskResult {
+    mark(
+        &dir(&ctx)?,
+        "flaky",
+        &format!("pid {} attempt {}", std::process::id(), ctx.attempt()),
+    )?;
+    if ctx.attempt() == 1 {
+        return Err(TaskError::new("first attempt fails"));
+    }
+    Ok(json!({ "attempt": ctx.attempt() }))
+}
+
+/// prepare → work → finish; `work` hangs in the victim.
+pub fn mid_task_dag(role: Role) -> Dag {
+    let ir = r#"{"ir_version":1,"name":"crash_mid_task","tasks":[
+        {"id":"prepare","handler":"prepare"},
+        {"id":"work","handler":"work","depends_on":["prepare"]},
+        {"id":"finish","handler":"finish","depends_on":["work"]}]}"#;
+    Dag::from_ir_json(ir)
+        .unwrap_or_else(|e| panic!("crash IR: {e}"))
+        .with_handler("prepare", prepare)
+        .with_handler("work", move |ctx| work(ctx, role))
+        .with_handler("finish", finish)
+}
+
+/// One task that fails its first attempt and retries after 3 s.
+pub fn retry_backoff_dag() -> Dag {
+    let ir = r#"{"ir_version":1,"name":"crash_in_backoff","tasks":[
+        {"id":"flaky","handler":"flaky","retries":2,"retry_delay":3,"retry_jitter":false}]}"#;
+    Dag::from_ir_json(ir)
+        .unwrap_or_else(|e| panic!("crash IR: {e}"))
+        .with_handler("flaky", flaky)
+}

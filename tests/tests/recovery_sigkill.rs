@@ -1,0 +1,179 @@
+//! Crash recovery with a real process killed by SIGKILL: in the middle of a
+//! task, and during a retry's backoff. The job finishes in the next engine;
+//! finished tasks never run again; the interrupted task runs again with its
+//! attempt number kept and its side effect made once through the idempotency key.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade_core::{Cascade, JobId, JobStatus, TaskStatus};
+use cascade_tests::backend_tests;
+use cascade_tests::crash::{self, Role, marks};
+
+backend_tests!(sigkill_mid_task, sigkill_during_retry_backoff);
+
+struct Victim {
+    child: Child,
+    job_id: JobId,
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("cascade-crash-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn start_victim(url: &str, scenario: &str, dir: &Path) -> Victim {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade-crash-child"))
+        .args([url, scenario, &dir.display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child process");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the job id");
+    let job_id = line
+        .trim()
+        .strip_prefix("job ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("child said {line:?}"));
+    Victim { child, job_id }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigkill(mut victim: Victim) {
+    victim.child.kill().expect("SIGKILL");
+    victim.child.wait().expect("reap");
+}
+
+async fn sigkill_mid_task(url: &str) {
+    let dir = temp_dir("mid");
+    let victim = start_victim(url, "mid_task", &dir);
+    let job_id = victim.job_id;
+    wait_until("work to start in the child", || !marks(&dir, "work").is_empty());
+    sigkill(victim);
+
+    let cascade = Cascade::builder()
+        .database_url(url)
+        .workers(2)
+        .build()
+        .await
+        .expect("engine");
+    let stored = cascade.store().get_job_with_details(job_id).await.expect("job");
+    assert_eq!(
+        stored.job.status,
+        JobStatus::Running,
+        "the killed process left the job running"
+    );
+    cascade
+        .register_dag(crash::mid_task_dag(Role::Survivor))
+        .await
+        .expect("register");
+    let job = tokio::time::timeout(Duration::from_secs(30), cascade.wait_for_job(job_id))
+        .await
+        .expect("the job was not recovered")
+        .expect("wait");
+    assert_eq!(job.status, JobStatus::Success);
+
+    assert_eq!(marks(&dir, "prepare").len(), 1, "a completed task ran again");
+    let work = marks(&dir, "work");
+    assert_eq!(
+        work.len(),
+        2,
+        "the interrupted task ran again (at least once): {work:?}"
+    );
+    assert!(
+        work.iter().all(|line| line.ends_with("attempt 1")),
+        "the attempt number was kept: {work:?}"
+    );
+    assert_eq!(
+        marks(&dir, "ledger").len(),
+        1,
+        "the idempotency key made the side effect exactly-once"
+    );
+    assert_eq!(marks(&dir, "finish").len(), 1);
+    let tasks = cascade
+        .store()
+        .list_task_executions_for_job(job_id)
+        .await
+        .expect("tasks");
+    let work_row = tasks.iter().find(|t| t.task_id == "work").expect("work");
+    assert_eq!((work_row.status, work_row.attempt), (TaskStatus::Success, 1));
+    assert_eq!(
+        work_row.result.as_ref().map(|r| r["charged_now"].clone()),
+        Some(serde_json::json!(false))
+    );
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn sigkill_during_retry_backoff(url: &str) {
+    let dir = temp_dir("backoff");
+    let victim = start_victim(url, "retry_backoff", &dir);
+    let job_id = victim.job_id;
+    let probe = cascade_core::Store::open(Some(url)).await.expect("store");
+    let start = Instant::now();
+    loop {
+        let rows = probe.list_task_executions_for_job(job_id).await.expect("rows");
+        if rows.first().is_some_and(|r| r.status == TaskStatus::UpForRetry) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first attempt never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigkill(victim);
+    let next_attempt_at = probe.list_task_executions_for_job(job_id).await.expect("rows")[0]
+        .next_attempt_at
+        .expect("persisted retry time");
+
+    let cascade = Cascade::builder()
+        .database_url(url)
+        .workers(2)
+        .build()
+        .await
+        .expect("engine");
+    cascade
+        .register_dag(crash::retry_backoff_dag())
+        .await
+        .expect("register");
+    let job = tokio::time::timeout(Duration::from_secs(30), cascade.wait_for_job(job_id))
+        .await
+        .expect("the retry never happened")
+        .expect("wait");
+    assert_eq!(job.status, JobStatus::Success);
+    let flaky = marks(&dir, "flaky");
+    assert_eq!(flaky.len(), 2, "{flaky:?}");
+    assert!(flaky[1].ends_with("attempt 2"));
+    let attempts = cascade
+        .store()
+        .list_task_attempts(job_id, "flaky")
+        .await
+        .expect("attempts");
+    assert!(
+        attempts[1].started_at.expect("started") >= next_attempt_at,
+        "the retry ignored its backoff"
+    );
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
