@@ -128,10 +128,10 @@ impl CronSchedule {
     /// epoch (UTC). `None` only past the year 9999.
     pub fn next_after(&self, after: i64) -> Option<i64> {
         let start = after.div_euclid(60) * 60 + 60;
-        let mut day = start.div_euclid(86_400);
+        let first_day = start.div_euclid(86_400);
         let mut minute_of_day = start.rem_euclid(86_400) / 60;
         // Nine years cover the longest gap (February 29 across a skipped leap year).
-        for _ in 0..(9 * 366) {
+        for day in first_day..first_day + 9 * 366 {
             let (year, month, dom) = civil_from_days(day);
             if year > 9999 {
                 return None;
@@ -145,7 +145,6 @@ impl CronSchedule {
                     }
                 }
             }
-            day += 1;
             minute_of_day = 0;
         }
         None
