@@ -8,9 +8,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CronError {
-    /// Not five fields and not a known `@alias`.
+    /// Not five or six fields and not a known `@alias`.
     #[error(
-        "expected five fields `minute hour day-of-month month day-of-week` or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, found {found} field(s)"
+        "expected five fields `minute hour day-of-month month day-of-week` (or six, with seconds first) or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, found {found} field(s)"
     )]
     FieldCount {
         /// How many fields were found.
@@ -31,15 +31,17 @@ pub enum CronError {
     NeverFires,
 }
 
-/// A parsed five-field cron schedule, evaluated in UTC.
+/// A parsed cron schedule, evaluated in UTC.
 ///
-/// Fields: minute (0–59), hour (0–23), day of month (1–31), month (1–12 or
+/// Five fields, or six with a leading seconds field (0–59) for sub-minute
+/// schedules. Fields: minute (0–59), hour (0–23), day of month (1–31), month (1–12 or
 /// JAN–DEC), day of week (0–7, 0 and 7 are Sunday, or SUN–SAT). Each field takes
 /// `*`, a value, a range `a-b`, a step `*/n`, `a-b/n` or `a/n`, and comma lists.
 /// As in Vixie cron, when both day fields are restricted a day matches either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronSchedule {
     expression: String,
+    seconds: u64,
     minutes: u64,
     hours: u64,
     days_of_month: u64,
@@ -66,10 +68,12 @@ impl CronSchedule {
             "@hourly" => "0 * * * *",
             other => other,
         };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(CronError::FieldCount { found: fields.len() });
-        }
+        let all_fields: Vec<&str> = expanded.split_whitespace().collect();
+        let (seconds, fields) = match all_fields.len() {
+            5 => (1, &all_fields[..]),
+            6 => (parse_field(all_fields[0], "second", 0, 59, &[])?, &all_fields[1..]),
+            found => return Err(CronError::FieldCount { found }),
+        };
         let minutes = parse_field(fields[0], "minute", 0, 59, &[])?;
         let hours = parse_field(fields[1], "hour", 0, 23, &[])?;
         let days_of_month = parse_field(fields[2], "day-of-month", 1, 31, &[])?;
@@ -80,6 +84,7 @@ impl CronSchedule {
         }
         let schedule = CronSchedule {
             expression: trimmed.to_owned(),
+            seconds,
             minutes,
             hours,
             days_of_month,
@@ -127,9 +132,9 @@ impl CronSchedule {
     /// The first tick strictly after `after`, both in seconds since the Unix
     /// epoch (UTC). `None` only past the year 9999.
     pub fn next_after(&self, after: i64) -> Option<i64> {
-        let start = after.div_euclid(60) * 60 + 60;
+        let start = after + 1;
         let first_day = start.div_euclid(86_400);
-        let mut minute_of_day = start.rem_euclid(86_400) / 60;
+        let mut second_of_day = start.rem_euclid(86_400);
         // Nine years cover the longest gap (February 29 across a skipped leap year).
         for day in first_day..first_day + 9 * 366 {
             let (year, month, dom) = civil_from_days(day);
@@ -137,15 +142,34 @@ impl CronSchedule {
                 return None;
             }
             let weekday = (day + 4).rem_euclid(7) as u32;
-            if self.day_matches(month, dom, weekday) {
-                for minute in minute_of_day..1440 {
-                    let (h, m) = (minute / 60, minute % 60);
-                    if self.hours & (1 << h) != 0 && self.minutes & (1 << m) != 0 {
-                        return Some(day * 86_400 + minute * 60);
+            if self.day_matches(month, dom, weekday)
+                && let Some(second) = self.first_time_from(second_of_day)
+            {
+                return Some(day * 86_400 + second);
+            }
+            second_of_day = 0;
+        }
+        None
+    }
+
+    /// The first matching time of day at or after `from` (seconds into the day).
+    fn first_time_from(&self, from: i64) -> Option<i64> {
+        let (mut h, mut m, mut s) = (from / 3600, from / 60 % 60, from % 60);
+        while h < 24 {
+            if self.hours & (1 << h) != 0 {
+                while m < 60 {
+                    if self.minutes & (1 << m) != 0
+                        && let Some(second) = (s..60).find(|&s| self.seconds & (1 << s) != 0)
+                    {
+                        return Some(h * 3600 + m * 60 + second);
                     }
+                    m += 1;
+                    s = 0;
                 }
             }
-            minute_of_day = 0;
+            h += 1;
+            m = 0;
+            s = 0;
         }
         None
     }
@@ -301,6 +325,20 @@ mod tests {
             either.next_after(at(2026, 11, 30, 0, 0)),
             Some(at(2026, 12, 1, 0, 0))
         );
+    }
+
+    #[test]
+    fn seconds_field() {
+        let now = at(2026, 11, 26, 5, 3) + 7;
+        let every_second = CronSchedule::parse("* * * * * *").expect("valid");
+        assert_eq!(every_second.next_after(now), Some(now + 1));
+        let every_10s = CronSchedule::parse("*/10 * * * * *").expect("valid");
+        assert_eq!(every_10s.next_after(now), Some(at(2026, 11, 26, 5, 3) + 10));
+        assert_eq!(every_10s.next_after(at(2026, 11, 26, 5, 3) + 50), Some(at(2026, 11, 26, 5, 4)));
+        // Five fields fire at second 0.
+        let minutely = CronSchedule::parse("* * * * *").expect("valid");
+        assert_eq!(minutely.next_after(now), Some(at(2026, 11, 26, 5, 4)));
+        assert_eq!(minutely.next_after(at(2026, 11, 26, 23, 59)), Some(at(2026, 11, 27, 0, 0)));
     }
 
     #[test]
