@@ -132,7 +132,7 @@ impl Parse for DagDef {
                 let tasks = parse_tasks(&content, &mut errors)?;
                 Some((key, DagValue::Tasks(tasks)))
             } else {
-                skip_unknown_key(input, lookahead, "the dag", &mut errors)?;
+                skip_unknown_key(input, lookahead, "the dag", DAG_KEYS, &mut errors)?;
                 None
             };
             if let Some((key, value)) = value {
@@ -232,7 +232,8 @@ fn parse_settings(
         } else if task_only && lookahead.peek(kw::on_retry) {
             Some(TaskKey::OnRetry)
         } else {
-            skip_unknown_key(input, lookahead, owner, errors)?;
+            let accepted = if task_only { TASK_KEYS } else { DEFAULTS_KEYS };
+            skip_unknown_key(input, lookahead, owner, accepted, errors)?;
             None
         };
         if let Some(task_key) = task_key {
@@ -482,6 +483,7 @@ fn skip_unknown_key(
     input: ParseStream<'_>,
     lookahead: Lookahead1<'_>,
     owner: &str,
+    accepted: &[&str],
     errors: &mut Vec<syn::Error>,
 ) -> syn::Result<()> {
     if !input.peek(Ident::peek_any) || !input.peek2(Token![:]) || input.peek2(Token![::]) {
@@ -489,15 +491,84 @@ fn skip_unknown_key(
     }
     let key = input.call(Ident::parse_any)?;
     let expected = lookahead.error().to_string();
+    let hint = did_you_mean(&key.to_string(), accepted.iter().copied());
     errors.push(syn::Error::new(
         key.span(),
-        format!("unknown key `{key}` in {owner}: {expected}"),
+        format!("unknown key `{key}` in {owner}: {expected}{hint}"),
     ));
     input.parse::<Token![:]>()?;
     while !input.is_empty() && !input.peek(Token![,]) {
         input.parse::<TokenTree>()?;
     }
     Ok(())
+}
+
+const DAG_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "schedule",
+    "catchup",
+    "on_failure",
+    "on_success",
+    "defaults",
+    "tasks",
+];
+const TASK_KEYS: &[&str] = &[
+    "run",
+    "type",
+    "command",
+    "env",
+    "cwd",
+    "depends_on",
+    "timeout",
+    "retries",
+    "retry_delay",
+    "retry_factor",
+    "retry_max_delay",
+    "retry_jitter",
+    "trigger_rule",
+    "queue",
+    "on_failure",
+    "on_success",
+    "on_retry",
+];
+const DEFAULTS_KEYS: &[&str] = &[
+    "timeout",
+    "retries",
+    "retry_delay",
+    "retry_factor",
+    "retry_max_delay",
+    "retry_jitter",
+    "trigger_rule",
+    "queue",
+];
+
+/// `: did you mean `x`?` naming the candidate closest to `word`, if one is
+/// close enough to be a typo; otherwise empty.
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .filter(|&(distance, _)| distance <= limit)
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| format!(": did you mean `{candidate}`?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// Entries are separated by commas; the last may have one.
@@ -542,4 +613,48 @@ fn tokens_between(start: ParseStream<'_>, end: ParseStream<'_>, skip: usize) -> 
         cursor = next;
     }
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_keys_only() {
+        assert_eq!(
+            did_you_mean("timout", TASK_KEYS.iter().copied()),
+            ": did you mean `timeout`?"
+        );
+        assert_eq!(did_you_mean("colour", TASK_KEYS.iter().copied()), "");
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn parses_every_key_without_errors() {
+        let def: DagDef = syn::parse_quote! {
+            /// docs
+            name: pub(crate) etl,
+            description: "d", schedule: "@daily", catchup: false, on_failure: a, on_success: b::c,
+            defaults: { timeout: 1, retries: 2, retry_delay: 3, retry_factor: 2, retry_max_delay: 4,
+                        retry_jitter: true, trigger_rule: all_done, queue: "q" },
+            tasks: {
+                /// task docs
+                t: { run: f, type: local, depends_on: [], timeout: -1, retry_factor: 1.5,
+                     on_failure: a, on_success: a, on_retry: a },
+                s: { type: shell, command: "x", env: { "A": "1", }, cwd: "/", },
+            },
+        };
+        assert!(def.errors.is_empty());
+        assert_eq!(def.settings.len(), 8);
+    }
+
+    #[test]
+    fn reports_oversized_numbers_without_panicking() {
+        let def: DagDef = syn::parse_quote! {
+            name: etl,
+            tasks: { t: { run: f, timeout: 99999999999999999999999, retry_factor: 1e999, retries: 5u8 } },
+        };
+        assert_eq!(def.errors.len(), 3);
+    }
 }

@@ -36,9 +36,13 @@ fn generate(checked: &Checked) -> TokenStream {
         let wrapper = format_ident!("__h{}", i);
         // Spanned at the `run:` path: a handler with the wrong signature fails
         // to compile with the error on that path.
+        // Every token of the call carries the path's span: a token spanned at
+        // the call site would make rustc report at the whole `dag!` instead.
         wrappers.push(quote_spanned! {path.span()=>
-            fn #wrapper(ctx: #private::TaskContext) -> #private::BoxFuture<#private::TaskResult> {
-                #private::call_handler(#path, ctx)
+            fn #wrapper(
+                ctx: ::cascade_core::__private::TaskContext,
+            ) -> ::cascade_core::__private::BoxFuture<::cascade_core::__private::TaskResult> {
+                ::cascade_core::__private::call_handler(#path, ctx)
             }
         });
         handler_entries.push(quote!((#handler, #wrapper as #private::HandlerFn)));
@@ -47,8 +51,10 @@ fn generate(checked: &Checked) -> TokenStream {
     for (i, (callback, path)) in checked.callbacks.iter().enumerate() {
         let wrapper = format_ident!("__c{}", i);
         wrappers.push(quote_spanned! {path.span()=>
-            fn #wrapper(ctx: #private::CallbackContext) -> #private::BoxFuture<#private::CallbackResult> {
-                #private::call_callback(#path, ctx)
+            fn #wrapper(
+                ctx: ::cascade_core::__private::CallbackContext,
+            ) -> ::cascade_core::__private::BoxFuture<::cascade_core::__private::CallbackResult> {
+                ::cascade_core::__private::call_callback(#path, ctx)
             }
         });
         callback_entries.push(quote!((#callback, #wrapper as #private::CallbackFn)));

@@ -9,7 +9,16 @@ use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::{Attribute, Ident, Path, Visibility};
 
-use crate::ast::{DagDef, DagValue, Setting, TaskKey, TaskValue};
+use crate::ast::{DagDef, DagValue, Setting, TaskKey, TaskValue, did_you_mean};
+
+const TRIGGER_RULES: [&str; 6] = [
+    "all_success",
+    "all_done",
+    "all_failed",
+    "one_success",
+    "one_failed",
+    "none_failed",
+];
 
 /// A checked DAG: what expansion needs.
 pub(crate) struct Checked {
@@ -224,6 +233,7 @@ pub(crate) fn check(def: DagDef) -> syn::Result<Checked> {
         ));
     }
 
+    let task_ids: Vec<String> = ir.tasks.iter().map(|task| task.id.clone()).collect();
     let ir_json = match cascade_ir::validate(ir) {
         Ok(valid) => Some(valid.ir_json().to_owned()),
         Err(invalid) => {
@@ -233,7 +243,14 @@ pub(crate) fn check(def: DagDef) -> syn::Result<Checked> {
                 }
                 let want_key = matches!(error, ValidationError::KeyNotAllowed { .. });
                 let tokens = map.tokens(error.location(), want_key);
-                errors.push(syn::Error::new_spanned(tokens, error));
+                let hint = match error {
+                    ValidationError::UnknownDependency { dependency, .. } => {
+                        did_you_mean(dependency, task_ids.iter().map(String::as_str))
+                    }
+                    ValidationError::UnknownTriggerRule { value, .. } => did_you_mean(value, TRIGGER_RULES),
+                    _ => String::new(),
+                };
+                errors.push(syn::Error::new_spanned(tokens, format!("{error}{hint}")));
             }
             None
         }

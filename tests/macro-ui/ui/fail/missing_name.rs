@@ -1,0 +1,13 @@
+use cascade_core::{TaskContext, TaskResult, dag};
+
+async fn step(_ctx: TaskContext) -> TaskResult {
+    Ok(serde_json::Value::Null)
+}
+
+dag! {
+    tasks: {
+        extract: { run: step },
+    }
+}
+
+fn main() {}

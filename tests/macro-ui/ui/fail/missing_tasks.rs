@@ -1,0 +1,11 @@
+use cascade_core::{TaskContext, TaskResult, dag};
+
+async fn step(_ctx: TaskContext) -> TaskResult {
+    Ok(serde_json::Value::Null)
+}
+
+dag! {
+    name: empty,
+}
+
+fn main() {}
