@@ -51,6 +51,27 @@ dag! {
     }
 }
 
+async fn log_retry(_ctx: CallbackContext) -> CallbackResult {
+    Ok(())
+}
+
+// The example of docs/ir.md.
+dag! {
+    name: etl_pipeline,
+    description: "Extract, transform, load",
+    schedule: "0 * * * *",
+    defaults: { retries: 2, queue: "etl" },
+    on_failure: alert,
+    tasks: {
+        extract:   { run: extract, timeout: 300 },
+        transform: { run: crate::tasks::transform, depends_on: [extract] },
+        load:      { run: load, depends_on: [transform], retries: 3, retry_delay: 10,
+                     trigger_rule: all_success, on_retry: log_retry },
+        cleanup:   { type: shell, command: "rm -rf /tmp/etl", env: { "RUST_LOG": "info" },
+                     cwd: "/tmp", depends_on: [load], trigger_rule: all_done },
+    }
+}
+
 fn validated(json: &str) -> String {
     match Dag::from_ir_json(json) {
         Ok(dag) => dag.ir_json().to_owned(),
@@ -111,4 +132,25 @@ fn revalidating_baked_ir_gives_the_same_bytes() {
         assert!(baked.contains("\"topological_order\""));
         assert!(baked.contains(&format!("\"hash\":\"{}\"", dag.hash())));
     }
+}
+
+#[test]
+fn docs_example_matches() {
+    let by_hand = r#"{
+  "ir_version": 1,
+  "name": "etl_pipeline",
+  "description": "Extract, transform, load",
+  "schedule": "0 * * * *",
+  "defaults": { "retries": 2, "queue": "etl" },
+  "on_failure": "alert",
+  "tasks": [
+    { "id": "extract", "handler": "extract", "timeout": 300 },
+    { "id": "transform", "handler": "crate::tasks::transform", "depends_on": ["extract"] },
+    { "id": "load", "handler": "load", "depends_on": ["transform"], "retries": 3, "retry_delay": 10,
+      "trigger_rule": "all_success", "on_retry": "log_retry" },
+    { "id": "cleanup", "type": "shell", "command": "rm -rf /tmp/etl", "env": { "RUST_LOG": "info" },
+      "cwd": "/tmp", "depends_on": ["load"], "trigger_rule": "all_done" }
+  ]
+}"#;
+    assert_eq!(etl_pipeline().ir_json(), validated(by_hand));
 }
