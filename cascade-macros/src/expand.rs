@@ -120,3 +120,47 @@ fn doc_text(attrs: &[Attribute]) -> String {
         .collect();
     lines.join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Odd inputs give errors, never panics.
+    #[test]
+    fn odd_inputs_do_not_panic() {
+        let inputs = [
+            "",
+            "name:",
+            "name: a",
+            "name: a, name: b, tasks: {}",
+            "name: a, tasks: {}",
+            "name: a, tasks: { t: 5 }",
+            "name: a, tasks: { t: { depends_on: [1] } }",
+            "name: a, tasks: { t: { run: f, env: { a: b } } }",
+            "name: a, tasks: { t: { run: f, timeout: - } }",
+            "name: a, tasks: { t: { run: f, retry_factor: -0.0 } }",
+            "name: a, tasks: { t: { run: f, x: , y: 1 } }",
+            "name: a, tasks: { t: { run: ::f::<u8>, type: r#type } }",
+            "name: r#type, tasks: { r#fn: { run: f, depends_on: [r#fn] } }",
+            "name: a, defaults: { run: f }, tasks: { t: { run: f } }",
+            "tasks: { t: { run: f } }, name: a",
+            "name: a, schedule: \"\", tasks: { t: { type: shell, command: \"\" } }",
+            "#[inline] name: a",
+            "name: a, tasks: { t: { run: f } }, #[doc = \"late\"]",
+        ];
+        for input in inputs {
+            if let Ok(def) = syn::parse_str::<DagDef>(input) {
+                let _ = dag(def);
+            }
+        }
+    }
+
+    #[test]
+    fn valid_dag_expands_to_a_fn_with_the_ir() {
+        let def: DagDef = syn::parse_quote!(name: pub etl, tasks: { a: { run: crate::x } });
+        let tokens = dag(def).map(|t| t.to_string()).unwrap_or_default();
+        assert!(tokens.contains("pub fn etl"), "{tokens}");
+        assert!(tokens.contains("dag_from_macro"), "{tokens}");
+        assert!(tokens.contains(r#"\"handler\":\"crate::x\""#), "{tokens}");
+    }
+}
