@@ -59,6 +59,8 @@ async fn new_job(store: &Store, n_tasks: usize) -> Result<JobId, cascade_store::
             trigger: "bench".into(),
             params: serde_json::json!({}),
             idempotency_key: None,
+            owner: None,
+            lease_expires_at: None,
             tasks,
         })
         .await?;

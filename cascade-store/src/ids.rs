@@ -112,7 +112,7 @@ macro_rules! status_enum {
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The lowercase `snake_case` spelling stored in the database.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)*
                 }

@@ -42,6 +42,8 @@
 //!         trigger: "manual".into(),
 //!         params: json!({ "environment": "dev" }),
 //!         idempotency_key: Some("2026-11-26".into()),
+//!         owner: None,
+//!         lease_expires_at: None,
 //!         tasks: vec![NewTask {
 //!             task_id: "extract".into(),
 //!             queue: "default".into(),

@@ -25,8 +25,15 @@ pub struct DagRecord {
     pub paused: bool,
     /// When the DAG was first registered.
     pub created_at: DateTime<Utc>,
-    /// When the record last changed.
+    /// When the record last changed (registration, pause); advancing the
+    /// schedule does not count.
     pub updated_at: DateTime<Utc>,
+    /// When the cron schedule fires next, as last stored by
+    /// [`Store::advance_dag_schedule`](crate::Store::advance_dag_schedule);
+    /// `None` until a scheduler sets it.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// When the cron schedule last fired; `None` if it never did.
+    pub last_fired_at: Option<DateTime<Utc>>,
 }
 
 /// One stored version of a DAG definition.
@@ -67,8 +74,15 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// When the job first became `running`.
     pub started_at: Option<DateTime<Utc>>,
-    /// When the job reached a terminal state.
+    /// When the job reached a terminal state; cleared when a terminal job is
+    /// moved back to a non-terminal state (a re-run).
     pub completed_at: Option<DateTime<Utc>>,
+    /// The engine that owns (runs) the job, if any; see
+    /// [`Store::claim_job`](crate::Store::claim_job).
+    pub owner: Option<String>,
+    /// When the owner's lease lapses; after that another engine may claim the
+    /// job. `None` with an owner means the lease never lapses.
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// The stored state of one task within one job.
@@ -190,6 +204,11 @@ pub struct NewJob {
     /// When set, creating a second job of the same DAG with the same key
     /// returns the first one instead.
     pub idempotency_key: Option<String>,
+    /// The engine that owns the job from its creation, if any (see
+    /// [`Store::claim_job`](crate::Store::claim_job)).
+    pub owner: Option<String>,
+    /// When that ownership lapses unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
     /// Every task of the job; all rows are written in the job's transaction.
     pub tasks: Vec<NewTask>,
 }
@@ -280,7 +299,10 @@ pub struct TaskTransition {
 /// A compare-and-set on a job row.
 ///
 /// Sets `started_at` (if still NULL) when `to` is `running`, and
-/// `completed_at` when `to` is terminal.
+/// `completed_at` when `to` is terminal. Going from a terminal state back to
+/// a non-terminal one (a re-run, e.g. `failed` → `running`) clears
+/// `completed_at` and `error` (then records `error` if `Some`) and keeps
+/// `started_at`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTransition {
     /// The job.
@@ -289,7 +311,8 @@ pub struct JobTransition {
     pub from: JobStatus,
     /// New state.
     pub to: JobStatus,
-    /// Error to record (replaces the stored one when `Some`).
+    /// Error to record (replaces the stored one when `Some`; `None` keeps it,
+    /// except on a re-run, which clears it).
     pub error: Option<String>,
     /// When the transition happened.
     pub at: DateTime<Utc>,

@@ -49,6 +49,8 @@ pub(crate) struct DagRow {
     pub(crate) paused: bool,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+    pub(crate) next_fire_at: Option<NaiveDateTime>,
+    pub(crate) last_fired_at: Option<NaiveDateTime>,
 }
 
 impl From<DagRow> for DagRecord {
@@ -63,6 +65,8 @@ impl From<DagRow> for DagRecord {
             paused: row.paused,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
+            next_fire_at: row.next_fire_at.map(utc),
+            last_fired_at: row.last_fired_at.map(utc),
         }
     }
 }
@@ -119,6 +123,8 @@ pub(crate) struct JobRow {
     pub(crate) created_at: NaiveDateTime,
     pub(crate) started_at: Option<NaiveDateTime>,
     pub(crate) completed_at: Option<NaiveDateTime>,
+    pub(crate) owner: Option<String>,
+    pub(crate) lease_expires_at: Option<NaiveDateTime>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -137,6 +143,8 @@ impl TryFrom<JobRow> for Job {
             created_at: utc(row.created_at),
             started_at: row.started_at.map(utc),
             completed_at: row.completed_at.map(utc),
+            owner: row.owner,
+            lease_expires_at: row.lease_expires_at.map(utc),
         })
     }
 }
@@ -156,6 +164,8 @@ pub(crate) struct NewJobRow<'a> {
     pub(crate) started_at: Option<NaiveDateTime>,
     pub(crate) completed_at: Option<NaiveDateTime>,
     pub(crate) updated_at: NaiveDateTime,
+    pub(crate) owner: Option<&'a str>,
+    pub(crate) lease_expires_at: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -389,6 +399,9 @@ pub(crate) struct JobCas {
     pub(crate) started_at: Option<NaiveDateTime>,
     /// `Some(at)` when the job ends.
     pub(crate) completed_at: Option<NaiveDateTime>,
+    /// `false` on a re-run (terminal to non-terminal): the stored `error` and
+    /// `completed_at` are then dropped instead of kept.
+    pub(crate) keep_outcome: bool,
     pub(crate) updated_at: NaiveDateTime,
 }
 
@@ -402,6 +415,8 @@ impl JobCas {
             error: transition.error.clone(),
             started_at: (transition.to == JobStatus::Running).then_some(at),
             completed_at: transition.to.is_terminal().then_some(at),
+            // Only a re-run (terminal to non-terminal) drops the outcome.
+            keep_outcome: !transition.from.is_terminal() || transition.to.is_terminal(),
             updated_at,
         }
     }
@@ -433,19 +448,30 @@ macro_rules! task_cas_query {
 pub(crate) use task_cas_query;
 
 /// The `UPDATE` of a [`JobCas`]; one statement shape for every transition.
+/// `CASE WHEN keep THEN column END` is the stored value, or NULL on a re-run.
 macro_rules! job_cas_query {
     ($cas:expr) => {{
+        use diesel::IntoSql as _;
+        use diesel::dsl::case_when;
+        use diesel::sql_types::Bool;
         use $crate::rows::{coalesce, coalesce_text};
         use $crate::schema::jobs as j;
+        let keep = $cas.keep_outcome;
         diesel::update(j::table)
             .filter(j::id.eq($cas.job_id))
             .filter(j::status.eq($cas.from))
             .set((
                 j::status.eq($cas.to),
                 j::updated_at.eq($cas.updated_at),
-                j::error.eq(coalesce_text($cas.error.as_deref(), j::error)),
+                j::error.eq(coalesce_text(
+                    $cas.error.as_deref(),
+                    case_when(keep.into_sql::<Bool>(), j::error),
+                )),
                 j::started_at.eq(coalesce(j::started_at, $cas.started_at)),
-                j::completed_at.eq(coalesce($cas.completed_at, j::completed_at)),
+                j::completed_at.eq(coalesce(
+                    $cas.completed_at,
+                    case_when(keep.into_sql::<Bool>(), j::completed_at),
+                )),
             ))
     }};
 }

@@ -15,6 +15,8 @@ diesel::table! {
         paused -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        next_fire_at -> Nullable<Timestamp>,
+        last_fired_at -> Nullable<Timestamp>,
     }
 }
 
@@ -45,6 +47,8 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         completed_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamp>,
     }
 }
 

@@ -3,13 +3,15 @@
 use std::fmt;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tracing::{debug, instrument};
 
 use crate::connect::{self, Pools, SqliteConn};
 use crate::error::{Result, StoreError};
-use crate::ids::{DagId, JobId};
+use crate::ids::{DagId, JobId, JobStatus};
 use crate::json::JsonValue;
 use crate::model::{
     BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
@@ -26,6 +28,9 @@ use crate::url::{self, Target};
 /// Rows per multi-row `INSERT` of task executions: 9 binds a row stays far
 /// below PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
 const TASK_INSERT_CHUNK: usize = 1000;
+
+/// The job states in which a job can be owned and claimed.
+const UNFINISHED_JOB: [&str; 2] = [JobStatus::Pending.as_str(), JobStatus::Running.as_str()];
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -365,6 +370,71 @@ impl Store {
         row.map(DagRecord::from).ok_or(StoreError::DagNotFound { dag_id })
     }
 
+    /// Compare-and-set on a DAG's cron schedule state: applies only if the
+    /// stored `next_fire_at` equals `expected_next` (`None` matches a NULL),
+    /// then stores `next_fire_at` and, when `Some`, `last_fired_at` (`None`
+    /// leaves it unchanged). Returns whether it won; of several schedulers
+    /// advancing the same tick, exactly one does.
+    ///
+    /// Times are kept at microsecond precision: a value read back from the
+    /// store (or the same value passed again) always matches.
+    /// [`StoreError::DagNotFound`] if there is no such DAG. `updated_at` is
+    /// left alone.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store, dag: cascade_store::DagRecord) -> cascade_store::Result<()> {
+    /// use chrono::{Duration, Utc};
+    ///
+    /// let fired = dag.next_fire_at.unwrap_or_else(Utc::now);
+    /// let next = fired + Duration::hours(1);
+    /// if store.advance_dag_schedule(dag.id, dag.next_fire_at, Some(fired), Some(next)).await? {
+    ///     // This scheduler won the tick: create the job.
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), err)]
+    pub async fn advance_dag_schedule(
+        &self,
+        dag_id: DagId,
+        expected_next: Option<DateTime<Utc>>,
+        last_fired_at: Option<DateTime<Utc>>,
+        next_fire_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let expected = expected_next.map(naive);
+        let next = next_fire_at.map(naive);
+        let last = last_fired_at.map(naive);
+        let update = diesel::update(dags::table.find(dag_id.0));
+        let set = (
+            dags::next_fire_at.eq(next),
+            dags::last_fired_at.eq(rows::coalesce(last, dags::last_fired_at)),
+        );
+        let n = match &self.inner.pools {
+            Pools::Pg(pool) => {
+                let mut conn = self.checkout_pg(pool).await?;
+                update
+                    .filter(dags::next_fire_at.is_not_distinct_from(expected))
+                    .set(set)
+                    .execute(&mut *conn)
+                    .await
+            }
+            Pools::Sqlite(pools) => {
+                let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                update
+                    .filter(dags::next_fire_at.is(expected))
+                    .set(set)
+                    .execute(&mut *conn)
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::from(e).during("advance_dag_schedule"))?;
+        if n == 0 && self.find_dag(dag_id).await?.is_none() {
+            return Err(StoreError::DagNotFound { dag_id });
+        }
+        Ok(n == 1)
+    }
+
     // ----- jobs -------------------------------------------------------------
 
     /// Creates a job and all its task rows in one transaction.
@@ -402,6 +472,8 @@ impl Store {
                     started_at,
                     completed_at: job.status.is_terminal().then_some(at),
                     updated_at: at,
+                    owner: job.owner.as_deref(),
+                    lease_expires_at: job.lease_expires_at.map(naive),
                 })
                 .on_conflict((jobs::dag_id, jobs::idempotency_key))
                 .do_nothing()
@@ -544,6 +616,157 @@ impl Store {
         })
         .map_err(|e| StoreError::from(e).during("list_task_attempts"))?;
         rows.into_iter().map(TaskAttempt::try_from).collect()
+    }
+
+    // ----- job ownership ------------------------------------------------------
+
+    /// Makes `owner` the owner of an unfinished job until `lease_until`, in
+    /// one compare-and-set; returns whether it won.
+    ///
+    /// It wins if the job is `pending` or `running` and is unowned, already
+    /// owned by `owner` (a renewal), or its lease expired before `now`. A
+    /// finished job is never claimed. [`StoreError::JobNotFound`] if there is
+    /// no such job.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store, job_id: cascade_store::JobId) -> cascade_store::Result<()> {
+    /// use chrono::{Duration, Utc};
+    ///
+    /// let now = Utc::now();
+    /// if store.claim_job(job_id, "engine-a", now + Duration::seconds(30), now).await? {
+    ///     // engine-a runs the job and renews its leases periodically.
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), err)]
+    pub async fn claim_job(
+        &self,
+        job_id: JobId,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (lease_until, now) = (naive(lease_until), naive(now));
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table.find(job_id.0))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(
+                    jobs::owner
+                        .is_null()
+                        .or(jobs::owner.eq(owner))
+                        .or(jobs::lease_expires_at.lt(now)),
+                )
+                .set((jobs::owner.eq(owner), jobs::lease_expires_at.eq(lease_until)))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("claim_job"))?;
+        if n == 0 {
+            // Distinguish "lost" from "no such job" only on the slow path.
+            self.get_job(job_id).await?;
+            debug!("job claim lost (owned by another engine with a live lease, or finished)");
+        }
+        Ok(n == 1)
+    }
+
+    /// Extends to `lease_until` the lease of every `pending` or `running` job
+    /// owned by `owner`; returns how many jobs that was.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
+    /// use chrono::{Duration, Utc};
+    ///
+    /// let renewed = store.renew_job_leases("engine-a", Utc::now() + Duration::seconds(30)).await?;
+    /// # let _ = renewed;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), err)]
+    pub async fn renew_job_leases(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<u64> {
+        let lease_until = naive(lease_until);
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table)
+                .filter(jobs::owner.eq(owner))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .set(jobs::lease_expires_at.eq(lease_until))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("renew_job_leases"))?;
+        Ok(n as u64)
+    }
+
+    /// Gives up every job owned by `owner` (owner and lease become NULL), for
+    /// a graceful shutdown: other engines may claim them at once. Returns how
+    /// many jobs that was.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
+    /// let released = store.release_jobs("engine-a").await?;
+    /// # let _ = released;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), err)]
+    pub async fn release_jobs(&self, owner: &str) -> Result<u64> {
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table)
+                .filter(jobs::owner.eq(owner))
+                .set((
+                    jobs::owner.eq(None::<&str>),
+                    jobs::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+                ))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("release_jobs"))?;
+        Ok(n as u64)
+    }
+
+    /// Up to `limit` `pending` or `running` jobs of the given DAGs that nobody
+    /// owns or whose lease expired before `now`, oldest first. Claim each one
+    /// with [`Store::claim_job`] before running it.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store, dag: cascade_store::DagId) -> cascade_store::Result<()> {
+    /// use chrono::Utc;
+    ///
+    /// for job in store.list_claimable_jobs(&[dag], Utc::now(), 100).await? {
+    ///     println!("job {} can be taken over", job.id);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), fields(n_dags = dag_ids.len()), err)]
+    pub async fn list_claimable_jobs(
+        &self,
+        dag_ids: &[DagId],
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        if dag_ids.is_empty() || limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let now = naive(now);
+        let dag_ids: Vec<i64> = dag_ids.iter().map(|id| id.0).collect();
+        let rows: Vec<JobRow> = read!(self, |c| {
+            jobs::table
+                .filter(jobs::dag_id.eq_any(&dag_ids))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::owner.is_null().or(jobs::lease_expires_at.lt(now)))
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(JobRow::as_select())
+                .load(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("list_claimable_jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
     }
 
     // ----- transitions --------------------------------------------------------

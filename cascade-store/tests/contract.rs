@@ -7,7 +7,7 @@ use cascade_store::{
     Backend, ErrorKind, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store, StoreError,
     TaskAttempt, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
 };
-use chrono::{SubsecRound, Utc};
+use chrono::{Duration, SubsecRound, Utc};
 use serde_json::json;
 
 fn new_dag(name: &str, hash: &str) -> NewDag {
@@ -39,6 +39,8 @@ fn new_job(dag_id: cascade_store::DagId, tasks: Vec<NewTask>) -> NewJob {
         trigger: "manual".to_owned(),
         params: json!({ "environment": "dev" }),
         idempotency_key: None,
+        owner: None,
+        lease_expires_at: None,
         tasks,
     }
 }
@@ -596,6 +598,390 @@ mod cases {
             Default::default()
         );
     }
+
+    pub(super) async fn job_ownership(store: &Store) {
+        let dag = store.upsert_dag(new_dag("etl", "h1")).await.unwrap();
+        let other_dag = store.upsert_dag(new_dag("other", "h1")).await.unwrap();
+        let now = Utc::now();
+        let later = now + Duration::seconds(30);
+        let job = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
+        assert_eq!((job.owner.clone(), job.lease_expires_at), (None, None));
+
+        // Concurrent claimers: exactly one wins.
+        let mut handles = Vec::new();
+        for engine in 0..8 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                store
+                    .claim_job(job.id, &format!("engine-{engine}"), later, now)
+                    .await
+            }));
+        }
+        let mut winners = Vec::new();
+        for (engine, handle) in handles.into_iter().enumerate() {
+            if handle.await.unwrap().unwrap() {
+                winners.push(format!("engine-{engine}"));
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let owner = winners[0].clone();
+        let claimed = store.get_job(job.id).await.unwrap();
+        assert_eq!(claimed.owner.as_deref(), Some(owner.as_str()));
+        assert_eq!(claimed.lease_expires_at, Some(later.trunc_subsecs(6)));
+
+        // The owner may claim again; another engine only after the lease lapsed.
+        assert!(store.claim_job(job.id, &owner, later, now).await.unwrap());
+        assert!(!store.claim_job(job.id, "intruder", later, now).await.unwrap());
+        assert!(
+            !store.claim_job(job.id, "intruder", later, later).await.unwrap(),
+            "lease not yet expired"
+        );
+        let after = later + Duration::seconds(1);
+        assert!(
+            store
+                .claim_job(job.id, "successor", after + Duration::seconds(30), after)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.get_job(job.id).await.unwrap().owner.as_deref(),
+            Some("successor")
+        );
+
+        // Claimable: unowned or expired, of the given DAGs, unfinished, oldest first.
+        let mut owned = new_job(dag.id, vec![]);
+        owned.owner = Some("engine-x".to_owned());
+        owned.lease_expires_at = Some(later);
+        let owned = store.create_job(owned).await.unwrap().job;
+        assert_eq!(owned.owner.as_deref(), Some("engine-x"));
+        assert_eq!(owned.lease_expires_at, Some(later.trunc_subsecs(6)));
+        let free = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
+        let finished = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
+        let elsewhere = store.create_job(new_job(other_dag.id, vec![])).await.unwrap().job;
+        assert!(
+            store
+                .transition_job(JobTransition {
+                    job_id: finished.id,
+                    from: JobStatus::Pending,
+                    to: JobStatus::Cancelled,
+                    error: None,
+                    at: now,
+                })
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_job(finished.id, "engine-x", later, now)
+                .await
+                .unwrap(),
+            "a finished job cannot be claimed"
+        );
+        let ids = |jobs: Vec<cascade_store::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_claimable_jobs(&[dag.id], now, 10).await.unwrap()),
+            [free.id]
+        );
+        assert_eq!(
+            ids(store
+                .list_claimable_jobs(&[dag.id, other_dag.id], after, 10)
+                .await
+                .unwrap()),
+            [owned.id, free.id, elsewhere.id]
+        );
+        assert_eq!(
+            ids(store
+                .list_claimable_jobs(&[dag.id, other_dag.id], after, 1)
+                .await
+                .unwrap()),
+            [owned.id]
+        );
+        assert!(store.list_claimable_jobs(&[], now, 10).await.unwrap().is_empty());
+
+        // Renewal extends only the owner's unfinished jobs.
+        assert!(store.claim_job(free.id, "engine-x", later, now).await.unwrap());
+        let much_later = later + Duration::minutes(10);
+        assert_eq!(store.renew_job_leases("engine-x", much_later).await.unwrap(), 2);
+        assert_eq!(
+            store.get_job(free.id).await.unwrap().lease_expires_at,
+            Some(much_later.trunc_subsecs(6))
+        );
+        assert_eq!(store.renew_job_leases("nobody", much_later).await.unwrap(), 0);
+        assert!(
+            store
+                .list_claimable_jobs(&[dag.id], after, 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|j| j.owner.as_deref() != Some("engine-x"))
+        );
+
+        // Release on shutdown: the jobs are claimable at once.
+        assert_eq!(store.release_jobs("engine-x").await.unwrap(), 2);
+        let released = store.get_job(owned.id).await.unwrap();
+        assert_eq!((released.owner, released.lease_expires_at), (None, None));
+        assert_eq!(
+            ids(store.list_claimable_jobs(&[dag.id], now, 10).await.unwrap()),
+            [owned.id, free.id]
+        );
+        assert_eq!(store.release_jobs("engine-x").await.unwrap(), 0);
+
+        let err = store
+            .claim_job(cascade_store::JobId(987_654), "engine-x", later, now)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::JobNotFound { .. }), "{err:?}");
+    }
+
+    pub(super) async fn dag_schedule_compare_and_set(store: &Store) {
+        let dag = store.upsert_dag(new_dag("cron", "h1")).await.unwrap();
+        assert_eq!((dag.next_fire_at, dag.last_fired_at), (None, None));
+
+        // Nanosecond precision in, microseconds stored.
+        let first = Utc::now();
+        let mut handles = Vec::new();
+        for scheduler in 0..8_i64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let next = first + Duration::microseconds(scheduler);
+                store.advance_dag_schedule(dag.id, None, None, Some(next)).await
+            }));
+        }
+        let mut winners = Vec::new();
+        for (scheduler, handle) in handles.into_iter().enumerate() {
+            if handle.await.unwrap().unwrap() {
+                winners.push(scheduler as i64);
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let stored = store.get_dag(dag.id).await.unwrap();
+        let expected_next = (first + Duration::microseconds(winners[0])).trunc_subsecs(6);
+        assert_eq!(stored.next_fire_at, Some(expected_next));
+        assert_eq!(stored.last_fired_at, None);
+
+        // Fire: concurrent advancers passing the value read back; one wins.
+        let second = expected_next + Duration::minutes(1);
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            let expected = stored.next_fire_at;
+            handles.push(tokio::spawn(async move {
+                store
+                    .advance_dag_schedule(dag.id, expected, expected, Some(second))
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for handle in handles {
+            won += usize::from(handle.await.unwrap().unwrap());
+        }
+        assert_eq!(won, 1);
+        let fired = store.get_dag(dag.id).await.unwrap();
+        assert_eq!(fired.next_fire_at, Some(second));
+        assert_eq!(fired.last_fired_at, Some(expected_next));
+
+        // A stale expectation loses; None as expected does not match a value.
+        assert!(
+            !store
+                .advance_dag_schedule(dag.id, Some(expected_next), None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .advance_dag_schedule(dag.id, None, None, None)
+                .await
+                .unwrap()
+        );
+
+        // An un-truncated expectation matches its truncated stored value;
+        // `None` for last_fired_at keeps it; `None` for next clears it.
+        let noisy = second + Duration::nanoseconds(999);
+        assert!(
+            store
+                .advance_dag_schedule(dag.id, Some(noisy), None, None)
+                .await
+                .unwrap()
+        );
+        let cleared = store.get_dag(dag.id).await.unwrap();
+        assert_eq!(
+            (cleared.next_fire_at, cleared.last_fired_at),
+            (None, Some(expected_next))
+        );
+        assert!(
+            store
+                .advance_dag_schedule(dag.id, None, None, Some(second))
+                .await
+                .unwrap()
+        );
+
+        let missing = cascade_store::DagId(424_242);
+        let err = store
+            .advance_dag_schedule(missing, None, None, Some(second))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::DagNotFound { dag_id } if dag_id == missing),
+            "{err:?}"
+        );
+    }
+
+    pub(super) async fn job_rerun_clears_outcome(store: &Store) {
+        let dag = store.upsert_dag(new_dag("etl", "h1")).await.unwrap();
+        let at = Utc::now();
+        let to = |job_id, from, to, error: Option<&str>| JobTransition {
+            job_id,
+            from,
+            to,
+            error: error.map(str::to_owned),
+            at,
+        };
+        for batched in [false, true] {
+            let job = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
+            let apply = |transition: JobTransition| {
+                let store = store.clone();
+                async move {
+                    if batched {
+                        let batch = TransitionBatch {
+                            tasks: Vec::new(),
+                            jobs: vec![transition],
+                        };
+                        store.commit_transitions(&batch).await.unwrap().jobs == [true]
+                    } else {
+                        store.transition_job(transition).await.unwrap()
+                    }
+                }
+            };
+            assert!(apply(to(job.id, JobStatus::Pending, JobStatus::Running, None)).await);
+            assert!(apply(to(job.id, JobStatus::Running, JobStatus::Failed, Some("boom"))).await);
+            let failed = store.get_job(job.id).await.unwrap();
+            assert_eq!(failed.error.as_deref(), Some("boom"));
+            assert!(failed.completed_at.is_some());
+
+            // Non-terminal to non-terminal keeps the error.
+            assert!(
+                apply(to(job.id, JobStatus::Failed, JobStatus::Running, None)).await,
+                "rerun"
+            );
+            let rerun = store.get_job(job.id).await.unwrap();
+            assert_eq!(rerun.status, JobStatus::Running);
+            assert_eq!(
+                (rerun.error.clone(), rerun.completed_at),
+                (None, None),
+                "batched: {batched}"
+            );
+            assert_eq!(rerun.started_at, failed.started_at, "started_at is kept");
+
+            assert!(apply(to(job.id, JobStatus::Running, JobStatus::Failed, Some("again"))).await);
+            assert!(
+                apply(to(
+                    job.id,
+                    JobStatus::Failed,
+                    JobStatus::Pending,
+                    Some("retrying")
+                ))
+                .await
+            );
+            let pending = store.get_job(job.id).await.unwrap();
+            assert_eq!(
+                (pending.error.as_deref(), pending.completed_at),
+                (Some("retrying"), None)
+            );
+        }
+    }
+
+    pub(super) async fn commit_transitions_5000(store: &Store) {
+        let dag = store.upsert_dag(new_dag("big", "h1")).await.unwrap();
+        let n = 5_000;
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|i| task(&format!("t{i}"), TaskStatus::Pending))
+            .collect();
+        let job = store.create_job(new_job(dag.id, tasks)).await.unwrap().job;
+        let now = Utc::now().trunc_subsecs(6);
+        let mut batch = TransitionBatch::default();
+        for i in 0..n {
+            let mut start = cas(
+                job.id,
+                &format!("t{i}"),
+                TaskStatus::Pending,
+                0,
+                TaskStatus::Running,
+            );
+            start.changes.fencing_token = Some(1);
+            start.changes.started_at = Some(now);
+            start.changes.worker = Some(format!("w{}", i % 7));
+            batch.tasks.push(start);
+        }
+        // Every even task also finishes in the same batch, with an attempt
+        // record; every fifth odd one presents a stale token and loses.
+        for i in 0..n {
+            let (token, to) = if i % 2 == 0 {
+                (1, TaskStatus::Success)
+            } else if i % 5 == 0 {
+                (0, TaskStatus::Failed)
+            } else {
+                continue;
+            };
+            let mut finish = cas(job.id, &format!("t{i}"), TaskStatus::Running, token, to);
+            finish.changes.result = Some(json!({ "i": i }));
+            finish.changes.completed_at = Some(now);
+            finish.changes.record_attempt = Some(TaskAttempt {
+                job_id: job.id,
+                task_id: format!("t{i}"),
+                attempt: 1,
+                status: to,
+                worker: None,
+                error: None,
+                output: None,
+                started_at: Some(now),
+                finished_at: Some(now),
+            });
+            batch.tasks.push(finish);
+        }
+        batch.jobs.push(JobTransition {
+            job_id: job.id,
+            from: JobStatus::Pending,
+            to: JobStatus::Running,
+            error: None,
+            at: now,
+        });
+        let started = Instant::now();
+        let outcome = store.commit_transitions(&batch).await.unwrap();
+        eprintln!(
+            "{:?}: commit_transitions of {} took {:?}",
+            store.backend(),
+            batch.tasks.len(),
+            started.elapsed()
+        );
+        let expected: Vec<bool> = batch
+            .tasks
+            .iter()
+            .map(|t| t.from == TaskStatus::Pending || t.fencing_token == 1)
+            .collect();
+        assert_eq!(outcome.tasks, expected);
+        assert_eq!(outcome.jobs, [true]);
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert_eq!(rows.len(), n);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.task_id, format!("t{i}"));
+            assert_eq!(row.worker, Some(format!("w{}", i % 7)));
+            assert_eq!(row.started_at, Some(now));
+            assert_eq!(row.fencing_token, 1);
+            if i % 2 == 0 {
+                assert_eq!(row.status, TaskStatus::Success);
+                assert_eq!(row.result, Some(json!({ "i": i })));
+                assert_eq!(row.completed_at, Some(now));
+            } else {
+                assert_eq!(
+                    (row.status, row.result.clone(), row.completed_at),
+                    (TaskStatus::Running, None, None)
+                );
+            }
+        }
+        assert_eq!(store.list_task_attempts(job.id, "t0").await.unwrap().len(), 1);
+        assert!(store.list_task_attempts(job.id, "t5").await.unwrap().is_empty());
+        assert_eq!(store.list_task_attempts(job.id, "t4998").await.unwrap().len(), 1);
+    }
 }
 
 /// Database-level cases: `async fn(&TestDb)`.
@@ -611,7 +997,7 @@ mod db_cases {
         store.upsert_dag(new_dag("etl", "h")).await.unwrap();
     }
 
-    pub(super) async fn migrate_from_previous(db: &TestDb) {
+    pub(super) async fn migrate_from_first(db: &TestDb) {
         testing::run_first_migrations(&db.url, 1).await;
         testing::execute_sql(
             &db.url,
@@ -639,6 +1025,60 @@ mod db_cases {
             .await
             .unwrap();
         assert!(job.created);
+    }
+
+    /// From the schema before job ownership and schedule state (migration 2).
+    pub(super) async fn migrate_from_previous(db: &TestDb) {
+        testing::run_first_migrations(&db.url, 2).await;
+        testing::execute_sql(
+            &db.url,
+            "INSERT INTO dags (name, description, version, hash, schedule, paused, created_at, updated_at) \
+             VALUES ('old', 'from v2', 1, 'h', '0 * * * *', false, '2026-01-01 00:00:00', '2026-01-01 00:00:00'); \
+             INSERT INTO jobs (dag_id, dag_version, status, \"trigger\", params, created_at, updated_at) \
+             VALUES (1, 1, 'running', 'manual', '{}', '2026-01-01 00:00:01', '2026-01-01 00:00:01')",
+        )
+        .await;
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let old = store
+            .get_dag_by_name("old")
+            .await
+            .unwrap()
+            .expect("row survives the migration");
+        assert_eq!(old.schedule.as_deref(), Some("0 * * * *"));
+        assert_eq!((old.next_fire_at, old.last_fired_at), (None, None));
+        let jobs = store.list_jobs(JobFilter::default()).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        let job = &jobs[0];
+        assert_eq!(
+            (job.status, job.owner.clone(), job.lease_expires_at),
+            (JobStatus::Running, None, None)
+        );
+
+        // The new columns work on the upgraded database.
+        let now = Utc::now();
+        assert_eq!(
+            store.list_claimable_jobs(&[old.id], now, 10).await.unwrap().len(),
+            1
+        );
+        assert!(
+            store
+                .claim_job(job.id, "engine", now + Duration::seconds(30), now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .list_claimable_jobs(&[old.id], now, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .advance_dag_schedule(old.id, None, None, Some(now))
+                .await
+                .unwrap()
+        );
     }
 
     pub(super) async fn schema_newer_than_code(db: &TestDb) {
@@ -712,6 +1152,15 @@ contract!(
         job_transitions,
         list_jobs_filters_and_pagination,
         commit_transitions_batch,
+        job_ownership,
+        dag_schedule_compare_and_set,
+        job_rerun_clears_outcome,
+        commit_transitions_5000,
     ],
-    db: [migrate_from_empty, migrate_from_previous, schema_newer_than_code]
+    db: [
+        migrate_from_empty,
+        migrate_from_first,
+        migrate_from_previous,
+        schema_newer_than_code
+    ]
 );
