@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cascade_store::{
-    DagRecord, ErrorKind, Job, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store,
-    StoreOptions, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    DagRecord, ErrorKind, Job, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store, StoreOptions,
+    TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
 };
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::dag::Dag;
 use crate::error::{Error, Result};
@@ -19,6 +20,7 @@ use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEven
 use crate::scheduler::{CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
 use crate::state::{JobState, StateManager, TaskState};
 use crate::{DagId, JobId};
+use crate::{cron, leases};
 
 /// Default grace period between a cancellation signal and dropping handlers
 /// that ignore it.
@@ -27,6 +29,8 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default capacity of the event bus per subscriber before it lags.
 pub const DEFAULT_EVENT_CAPACITY: usize = 8192;
+/// Default lease on the jobs an engine runs.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Configures and starts a [`Cascade`] engine.
 ///
@@ -49,6 +53,7 @@ pub struct CascadeBuilder {
     cancel_grace: Option<Duration>,
     shutdown_timeout: Option<Duration>,
     event_capacity: Option<usize>,
+    lease_duration: Option<Duration>,
 }
 
 impl CascadeBuilder {
@@ -93,10 +98,19 @@ impl CascadeBuilder {
         self
     }
 
+    /// How long this engine's claim on a job lasts without renewal (default
+    /// 30 s). The engine renews its claims every third of it; when a process
+    /// dies, another engine that has the DAG registered takes its unfinished
+    /// jobs over once the lease has lapsed.
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.lease_duration = Some(lease);
+        self
+    }
+
     /// Opens the store (running migrations) and starts the engine.
     #[tracing::instrument(skip(self), err)]
     pub async fn build(self) -> Result<Cascade> {
-        let workers = resolve_workers(self.workers)?;
+        let workers = resolve_workers(self.workers, std::env::var("CASCADE_WORKERS").ok())?;
         let store = Store::open_with(self.database_url.as_deref(), self.store_options).await?;
         let worker_id = worker_id();
         let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY));
@@ -119,7 +133,15 @@ impl CascadeBuilder {
             worker: worker_id.clone(),
             timestamp: Utc::now(),
         }));
-        Ok(Cascade {
+        let lease = self.lease_duration.unwrap_or(DEFAULT_LEASE);
+        if lease < Duration::from_millis(300) {
+            return Err(Error::Config {
+                reason: format!(
+                    "lease_duration({lease:?}) is too short to renew in time; use at least 300 ms"
+                ),
+            });
+        }
+        let cascade = Cascade {
             inner: Arc::new(Inner {
                 store,
                 events,
@@ -127,15 +149,29 @@ impl CascadeBuilder {
                 registry: RwLock::new(HashMap::new()),
                 worker_id,
                 workers,
+                lease,
                 shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 scheduler: Mutex::new(Some(scheduler)),
+                background: CancellationToken::new(),
+                cron_wakeup: Notify::new(),
             }),
-        })
+        };
+        tokio::spawn(leases::keep_leases(
+            Arc::downgrade(&cascade.inner),
+            cascade.inner.background.clone(),
+        ));
+        tokio::spawn(cron::run_cron(
+            Arc::downgrade(&cascade.inner),
+            cascade.inner.background.clone(),
+        ));
+        Ok(cascade)
     }
 }
 
-fn resolve_workers(configured: Option<usize>) -> Result<usize> {
-    if let Ok(value) = std::env::var("CASCADE_WORKERS") {
+/// The runner count: `CASCADE_WORKERS` (given as `from_env`) wins over the
+/// builder, which wins over 2 × the CPU cores.
+fn resolve_workers(configured: Option<usize>, from_env: Option<String>) -> Result<usize> {
+    if let Some(value) = from_env {
         return match value.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(Error::Config {
@@ -197,18 +233,40 @@ pub struct Cascade {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     store: Store,
     events: EventBus,
     commands: mpsc::Sender<Command>,
     registry: RwLock<HashMap<DagId, Arc<RegisteredDag>>>,
     worker_id: String,
     workers: usize,
+    lease: Duration,
     shutdown_timeout: Duration,
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the lease keeper and the cron loop.
+    pub(crate) background: CancellationToken,
+    /// Wakes the cron loop when schedules change (register, pause, unpause).
+    pub(crate) cron_wakeup: Notify,
 }
 
 impl Cascade {
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Cascade { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// The lease on the jobs this engine runs.
+    pub(crate) fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    fn lease_until(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        now + chrono::Duration::from_std(self.inner.lease).unwrap_or(chrono::Duration::seconds(30))
+    }
+
     /// Starts configuring an engine.
     pub fn builder() -> CascadeBuilder {
         CascadeBuilder::default()
@@ -256,43 +314,77 @@ impl Cascade {
         let registered = Arc::new(RegisteredDag::new(record.clone(), dag));
         self.registry_write().insert(record.id, Arc::clone(&registered));
         tracing::info!(dag.id = %record.id, version = record.version, "dag registered");
-        self.resume_unfinished(&registered).await?;
+        self.adopt_orphaned_jobs(&[record.id]).await?;
+        self.inner.cron_wakeup.notify_one();
         Ok(record)
     }
 
-    /// Hands the scheduler every unfinished job of a DAG that no engine in
-    /// this process is running.
-    async fn resume_unfinished(&self, registered: &Arc<RegisteredDag>) -> Result<()> {
-        for status in [JobStatus::Running, JobStatus::Pending] {
-            let mut offset = 0;
-            loop {
-                let jobs = self
+    /// Takes over the unfinished jobs of these DAGs that no engine owns: left
+    /// by a shutdown, or by a process that died and whose lease lapsed. Each
+    /// is claimed in the store first, so two engines never both resume one.
+    pub(crate) async fn adopt_orphaned_jobs(&self, dag_ids: &[DagId]) -> Result<usize> {
+        let mut adopted = 0;
+        loop {
+            let now = Utc::now();
+            let jobs = self.inner.store.list_claimable_jobs(dag_ids, now, 200).await?;
+            let n = jobs.len();
+            let mut progressed = false;
+            for job in jobs {
+                let Some(current) = self.registered(job.dag_id) else {
+                    continue;
+                };
+                if self.is_active(job.id).await? {
+                    continue;
+                }
+                if !self
                     .inner
                     .store
-                    .list_jobs(JobFilter {
-                        dag_id: Some(registered.record.id),
-                        status: Some(status),
-                        limit: 500,
-                        offset,
-                    })
-                    .await?;
-                let n = jobs.len() as i64;
-                for job in jobs {
-                    if self.is_active(job.id).await? {
-                        continue;
-                    }
-                    let dag = self.dag_for_version(registered, job.dag_version).await?;
-                    let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
-                    tracing::info!(job.id = %job.id, "resuming unfinished job");
-                    self.send(Command::Resume { job, dag, tasks }).await?;
+                    .claim_job(job.id, &self.inner.worker_id, self.lease_until(now), now)
+                    .await?
+                {
+                    continue;
                 }
-                if n < 500 {
-                    break;
-                }
-                offset += n;
+                progressed = true;
+                let dag = self.dag_for_version(&current, job.dag_version).await?;
+                let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
+                tracing::info!(job.id = %job.id, previous_owner = ?job.owner, "resuming an unfinished job");
+                self.send(Command::Resume {
+                    job,
+                    dag,
+                    tasks,
+                    rerun: false,
+                })
+                .await?;
+                adopted += 1;
+            }
+            if n < 200 || !progressed {
+                return Ok(adopted);
             }
         }
-        Ok(())
+    }
+
+    /// The ids of the DAGs registered in this engine.
+    pub(crate) fn registered_ids(&self) -> Vec<DagId> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.keys().copied().collect()
+    }
+
+    /// The registered DAGs that have a cron schedule.
+    pub(crate) fn scheduled_dags(&self) -> Vec<Arc<RegisteredDag>> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry
+            .values()
+            .filter(|d| d.plan.schedule().is_some())
+            .cloned()
+            .collect()
     }
 
     /// The registered DAG for the version a job was created with: the
@@ -331,7 +423,7 @@ impl Cascade {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn registered(&self, dag_id: DagId) -> Option<Arc<RegisteredDag>> {
+    pub(crate) fn registered(&self, dag_id: DagId) -> Option<Arc<RegisteredDag>> {
         let registry = self
             .inner
             .registry
@@ -370,7 +462,13 @@ impl Cascade {
             .await
     }
 
-    async fn trigger(&self, dag_id: DagId, trigger: &str, params: Value, key: Option<String>) -> Result<Job> {
+    pub(crate) async fn trigger(
+        &self,
+        dag_id: DagId,
+        trigger: &str,
+        params: Value,
+        key: Option<String>,
+    ) -> Result<Job> {
         if self.inner.commands.is_closed() {
             return Err(Error::ShutDown);
         }
@@ -408,6 +506,8 @@ impl Cascade {
                 params,
                 idempotency_key: key,
                 tasks,
+                owner: Some(self.inner.worker_id.clone()),
+                lease_expires_at: Some(self.lease_until(Utc::now())),
             })
             .await?;
         if created.created {
@@ -557,6 +657,114 @@ impl Cascade {
         Ok(())
     }
 
+    /// Re-runs a failed job from the point of failure (Airflow's "clear"):
+    /// its failed, upstream-failed, skipped and cancelled tasks run again with
+    /// a fresh retry budget, while succeeded tasks keep their results and do
+    /// not run again. Returns the job, running again.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn retry_job(&self, job_id: JobId) -> Result<Job> {
+        let details = self
+            .inner
+            .store
+            .get_job_with_details(job_id)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::JobNotFound { job_id },
+                _ => Error::Store(error),
+            })?;
+        if details.job.status != JobStatus::Failed {
+            return Err(Error::JobNotFailed {
+                job_id,
+                status: details.job.status,
+            });
+        }
+        let dag_id = details.job.dag_id;
+        let Some(current) = self.registered(dag_id) else {
+            return Err(Error::DagNotRegistered {
+                dag_id,
+                name: details.dag.name,
+            });
+        };
+        let now = Utc::now();
+        let batch = TransitionBatch {
+            tasks: details
+                .tasks
+                .iter()
+                .filter(|t| t.status != TaskStatus::Success)
+                .map(|t| TaskTransition {
+                    job_id,
+                    task_id: t.task_id.clone(),
+                    from: t.status,
+                    fencing_token: t.fencing_token,
+                    to: TaskStatus::Pending,
+                    changes: TaskChanges {
+                        clear_outcome: true,
+                        ..TaskChanges::default()
+                    },
+                })
+                .collect(),
+            jobs: vec![JobTransition {
+                job_id,
+                from: JobStatus::Failed,
+                to: JobStatus::Running,
+                error: None,
+                at: now,
+            }],
+        };
+        let outcome = self.inner.store.commit_transitions(&batch).await?;
+        if outcome.jobs.first() != Some(&true) {
+            let job = self.get_job(job_id).await?;
+            return Err(Error::JobNotFailed {
+                job_id,
+                status: job.status,
+            });
+        }
+        self.inner
+            .store
+            .claim_job(job_id, &self.inner.worker_id, self.lease_until(now), now)
+            .await?;
+        let job = self.get_job(job_id).await?;
+        let tasks = self.inner.store.list_task_executions_for_job(job_id).await?;
+        let dag = self.dag_for_version(&current, job.dag_version).await?;
+        tracing::info!(job.id = %job_id, rerun_tasks = batch.tasks.len(), "re-running a failed job");
+        self.send(Command::Resume {
+            job: job.clone(),
+            dag,
+            tasks,
+            rerun: true,
+        })
+        .await?;
+        Ok(job)
+    }
+
+    /// Pauses a DAG's cron schedule: no tick fires until it is unpaused.
+    /// Manual triggers still work.
+    pub async fn pause_dag(&self, dag_id: DagId) -> Result<DagRecord> {
+        self.set_paused(dag_id, true).await
+    }
+
+    /// Unpauses a DAG's cron schedule. Missed ticks fire as the DAG's
+    /// `catchup` setting says: only the latest one by default, all with
+    /// `catchup: true`.
+    pub async fn unpause_dag(&self, dag_id: DagId) -> Result<DagRecord> {
+        self.set_paused(dag_id, false).await
+    }
+
+    async fn set_paused(&self, dag_id: DagId, paused: bool) -> Result<DagRecord> {
+        let record = self
+            .inner
+            .store
+            .set_dag_paused(dag_id, paused)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::DagNotFound { dag_id },
+                _ => Error::Store(error),
+            })?;
+        tracing::info!(dag.id = %dag_id, paused, "dag schedule paused state changed");
+        self.inner.cron_wakeup.notify_one();
+        Ok(record)
+    }
+
     /// A stream of the events of a topic: a job, a DAG, workers, or all.
     /// Events are published after the state they report is committed, in
     /// commit order.
@@ -579,6 +787,7 @@ impl Cascade {
             guard.take()
         };
         let Some(handle) = handle else { return Ok(()) };
+        self.inner.background.cancel();
         let (reply, answer) = oneshot::channel();
         if self
             .send(Command::Shutdown {
@@ -593,6 +802,15 @@ impl Cascade {
         if let Err(error) = handle.await {
             tracing::error!(%error, "scheduler task ended abnormally");
         }
+        // Unfinished jobs are free for the next engine at once, without waiting
+        // for their leases to lapse.
+        match self.inner.store.release_jobs(&self.inner.worker_id).await {
+            Ok(released) if released > 0 => tracing::info!(released, "released unfinished jobs"),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not release jobs; they resume once their leases lapse")
+            }
+        }
         self.inner.events.publish(Event::Worker(WorkerEvent {
             kind: WorkerEventKind::Left,
             worker: self.inner.worker_id.clone(),
@@ -600,5 +818,30 @@ impl Cascade {
         }));
         tracing::info!(worker = %self.inner.worker_id, "cascade engine stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_resolution() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(resolve_workers(None, None).ok(), Some(2 * cores));
+        assert_eq!(resolve_workers(Some(3), None).ok(), Some(3));
+        assert_eq!(resolve_workers(Some(3), Some("12".into())).ok(), Some(12));
+        assert_eq!(resolve_workers(None, Some(" 5 ".into())).ok(), Some(5));
+        for bad in ["0", "-1", "many", ""] {
+            let error = resolve_workers(Some(3), Some(bad.into()))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("CASCADE_WORKERS"), "{error}");
+        }
+        assert!(matches!(
+            resolve_workers(Some(0), None),
+            Err(Error::Config { .. })
+        ));
     }
 }

@@ -45,10 +45,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![doc(test(attr(deny(warnings))))]
 
+mod cron;
 mod dag;
 mod engine;
 mod error;
 mod events;
+mod leases;
 mod runner;
 mod scheduler;
 #[cfg(unix)]
@@ -64,7 +66,8 @@ pub use cascade_store::{
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{
-    Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_SHUTDOWN_TIMEOUT,
+    Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_LEASE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use error::{Error, Result};
 pub use events::{

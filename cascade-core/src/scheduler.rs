@@ -110,6 +110,8 @@ pub(crate) enum Command {
         job: Job,
         dag: Arc<RegisteredDag>,
         tasks: Vec<TaskExecution>,
+        /// A re-run of a failed job: pending tasks get a fresh retry budget.
+        rerun: bool,
     },
     /// An attempt finished.
     Completed(Completion),
@@ -209,6 +211,8 @@ struct TaskRun {
     interrupted: bool,
     /// Ready, or decided terminal: the trigger rule is not evaluated again.
     decided: bool,
+    /// Attempts made before a re-run; the retry budget counts from here.
+    retry_base: u32,
     counts: DepCounts,
     result: Option<Arc<Value>>,
     abort: Option<AbortHandle>,
@@ -224,6 +228,7 @@ impl TaskRun {
             token: 0,
             interrupted: false,
             decided: false,
+            retry_base: 0,
             counts: DepCounts::default(),
             result: None,
             abort: None,
@@ -394,7 +399,12 @@ impl Scheduler {
     fn handle(&mut self, command: Command, batch: &mut Batch) {
         match command {
             Command::Start { job, dag } => self.start_job(job, dag, batch),
-            Command::Resume { job, dag, tasks } => self.resume_job(job, dag, tasks, batch),
+            Command::Resume {
+                job,
+                dag,
+                tasks,
+                rerun,
+            } => self.resume_job(job, dag, tasks, rerun, batch),
             Command::Completed(completion) => self.complete(completion, batch),
             Command::Cancel { job_id, reply } => self.cancel(job_id, reply, batch),
             Command::Wait { job_id, reply } => match self.jobs.get_mut(&job_id) {
@@ -466,7 +476,14 @@ impl Scheduler {
     /// Rebuilds a job's in-memory state from its stored task rows: finished
     /// tasks keep their results and never run again; tasks that were running
     /// are queued again with their attempt number kept.
-    fn resume_job(&mut self, job: Job, dag: Arc<RegisteredDag>, rows: Vec<TaskExecution>, batch: &mut Batch) {
+    fn resume_job(
+        &mut self,
+        job: Job,
+        dag: Arc<RegisteredDag>,
+        rows: Vec<TaskExecution>,
+        rerun: bool,
+        batch: &mut Batch,
+    ) {
         if self.jobs.contains_key(&job.id) {
             return;
         }
@@ -484,6 +501,9 @@ impl Scheduler {
             task.token = row.fencing_token;
             task.result = row.result.map(Arc::new);
             task.started_at = row.started_at;
+            if rerun && task.status == TaskStatus::Pending {
+                task.retry_base = task.attempt;
+            }
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {
@@ -721,6 +741,7 @@ impl Scheduler {
         let plan_task = &job.dag.plan.tasks()[t];
         let task_id = Arc::clone(&job.dag.task_ids[t]);
         let attempt = task.attempt;
+        let attempts_this_run = attempt.saturating_sub(task.retry_base);
         let message = error.message().to_owned();
         let output = error.output().map(str::to_owned);
         let retry = plan_task.retry;
@@ -736,7 +757,7 @@ impl Scheduler {
             started_at,
             finished_at: Some(finished_at),
         };
-        if error.is_retryable() && attempt <= retry.retries {
+        if error.is_retryable() && attempts_this_run <= retry.retries {
             let mut delay = retry.backoff(attempt);
             if retry.jitter {
                 delay = delay.mul_f64(jitter_roll);
@@ -1176,13 +1197,24 @@ impl Scheduler {
                 Guard::Job(i) => outcome.jobs.get(i).copied().unwrap_or(false),
             };
             if !won {
-                if let Guard::Task(i) = guard
-                    && let Some(t) = store.tasks.get(i)
-                {
-                    tracing::warn!(
-                        job.id = %t.job_id, task.id = %t.task_id, from = %t.from, to = %t.to,
-                        "transition lost its compare-and-set (another writer moved the task); not acting on it"
-                    );
+                // Another writer moved this job on: the in-memory view of it is
+                // stale, so stop running it here rather than act on it.
+                let lost = match guard {
+                    Guard::Task(i) => store.tasks.get(i).map(|t| {
+                        tracing::warn!(
+                            job.id = %t.job_id, task.id = %t.task_id, from = %t.from, to = %t.to,
+                            "transition lost its compare-and-set; another writer owns this job now"
+                        );
+                        t.job_id
+                    }),
+                    Guard::Job(i) => store.jobs.get(i).map(|j| {
+                        tracing::warn!(job.id = %j.job_id, from = %j.from, to = %j.to, "job transition lost its compare-and-set");
+                        j.job_id
+                    }),
+                    Guard::Always => None,
+                };
+                if let Some(job_id) = lost {
+                    self.detach_job(job_id);
                 }
                 continue;
             }
@@ -1298,24 +1330,31 @@ impl Scheduler {
         ids.sort();
         ids.dedup();
         for job_id in ids {
-            if let Some(job) = self.jobs.remove(&job_id) {
-                job.cancellation.cancel();
-                for task in &job.tasks {
-                    if let Some(abort) = &task.abort {
-                        abort.abort();
-                    }
-                }
-                self.running -= job.running;
-                for waiter in job.waiters {
-                    let _ = waiter.send(false);
-                }
-                for waiter in job.cancel_waiters {
-                    let _ = waiter.send(CancelReply::NotActive);
-                }
-                tracing::error!(job.id = %job_id, "job detached after a failed commit");
+            self.detach_job(job_id);
+        }
+    }
+
+    /// Stops running a job here: its attempts are stopped and its waiters
+    /// told to read the store. Its rows keep what was committed.
+    fn detach_job(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        job.cancellation.cancel();
+        for task in &job.tasks {
+            if let Some(abort) = &task.abort {
+                abort.abort();
             }
         }
-        self.queued.retain(|(job_id, _)| self.jobs.contains_key(job_id));
+        self.running -= job.running;
+        for waiter in job.waiters {
+            let _ = waiter.send(false);
+        }
+        for waiter in job.cancel_waiters {
+            let _ = waiter.send(CancelReply::NotActive);
+        }
+        self.queued.retain(|(id, _)| *id != job_id);
+        tracing::error!(job.id = %job_id, "job detached from this engine; its stored state stands");
     }
 
     /// xorshift64*: enough randomness for retry jitter without a dependency.

@@ -14,6 +14,17 @@ use cascade_tests::crash::{self, Role, marks};
 
 backend_tests!(sigkill_mid_task, sigkill_during_retry_backoff);
 
+/// The recovering engine; its lease keeper looks for lapsed leases every third of a second.
+async fn survivor(url: &str) -> Cascade {
+    Cascade::builder()
+        .database_url(url)
+        .workers(2)
+        .lease_duration(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("engine")
+}
+
 struct Victim {
     child: Child,
     job_id: JobId,
@@ -71,12 +82,7 @@ async fn sigkill_mid_task(url: &str) {
     wait_until("work to start in the child", || !marks(&dir, "work").is_empty());
     sigkill(victim);
 
-    let cascade = Cascade::builder()
-        .database_url(url)
-        .workers(2)
-        .build()
-        .await
-        .expect("engine");
+    let cascade = survivor(url).await;
     let stored = cascade.store().get_job_with_details(job_id).await.expect("job");
     assert_eq!(
         stored.job.status,
@@ -147,12 +153,7 @@ async fn sigkill_during_retry_backoff(url: &str) {
         .next_attempt_at
         .expect("persisted retry time");
 
-    let cascade = Cascade::builder()
-        .database_url(url)
-        .workers(2)
-        .build()
-        .await
-        .expect("engine");
+    let cascade = survivor(url).await;
     cascade
         .register_dag(crash::retry_backoff_dag())
         .await

@@ -13,7 +13,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, url, scenario, dir] = args.as_slice() else {
         return Err("usage: cascade-crash-child <database-url> <mid_task|retry_backoff> <dir>".into());
     };
-    let cascade = Cascade::builder().database_url(url).workers(2).build().await?;
+    // A short lease, so that the test's engine takes the job over soon after the kill.
+    let cascade = Cascade::builder()
+        .database_url(url)
+        .workers(2)
+        .lease_duration(std::time::Duration::from_secs(1))
+        .build()
+        .await?;
     let dag = match scenario.as_str() {
         "mid_task" => crash::mid_task_dag(Role::Victim),
         "retry_backoff" => crash::retry_backoff_dag(),
