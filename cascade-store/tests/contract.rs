@@ -982,6 +982,57 @@ mod cases {
         assert!(store.list_task_attempts(job.id, "t5").await.unwrap().is_empty());
         assert_eq!(store.list_task_attempts(job.id, "t4998").await.unwrap().len(), 1);
     }
+
+    pub(super) async fn concurrent_batches_one_winner_per_row(store: &Store) {
+        let dag = store.upsert_dag(new_dag("etl", "h1")).await.unwrap();
+        let n = 200;
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|i| task(&format!("t{i}"), TaskStatus::Queued))
+            .collect();
+        let job = store.create_job(new_job(dag.id, tasks)).await.unwrap().job;
+        // Overlapping batches in opposite orders must neither deadlock nor
+        // let two writers win one row.
+        let mut handles = Vec::new();
+        for writer in 0..6_i64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let mut order: Vec<usize> = (0..n).collect();
+                if writer % 2 == 1 {
+                    order.reverse();
+                }
+                let mut batch = TransitionBatch::default();
+                for i in order {
+                    let mut start = cas(
+                        job.id,
+                        &format!("t{i}"),
+                        TaskStatus::Queued,
+                        0,
+                        TaskStatus::Running,
+                    );
+                    start.changes.fencing_token = Some(writer + 1);
+                    batch.tasks.push(start);
+                }
+                store.commit_transitions(&batch).await
+            }));
+        }
+        let mut wins = 0;
+        for handle in handles {
+            wins += handle
+                .await
+                .unwrap()
+                .unwrap()
+                .tasks
+                .iter()
+                .filter(|won| **won)
+                .count();
+        }
+        assert_eq!(wins, n, "every row is won exactly once");
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| r.status == TaskStatus::Running && r.fencing_token >= 1)
+        );
+    }
 }
 
 /// Database-level cases: `async fn(&TestDb)`.
@@ -1156,6 +1207,7 @@ contract!(
         dag_schedule_compare_and_set,
         job_rerun_clears_outcome,
         commit_transitions_5000,
+        concurrent_batches_one_winner_per_row,
     ],
     db: [
         migrate_from_empty,
