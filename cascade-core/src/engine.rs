@@ -805,7 +805,7 @@ impl Cascade {
         // Unfinished jobs are free for the next engine at once, without waiting
         // for their leases to lapse.
         match self.inner.store.release_jobs(&self.inner.worker_id).await {
-            Ok(released) if released > 0 => tracing::info!(released, "released unfinished jobs"),
+            Ok(released) if released > 0 => tracing::debug!(released, "released job leases"),
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "could not release jobs; they resume once their leases lapse")

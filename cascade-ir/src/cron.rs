@@ -71,7 +71,10 @@ impl CronSchedule {
         let all_fields: Vec<&str> = expanded.split_whitespace().collect();
         let (seconds, fields) = match all_fields.len() {
             5 => (1, &all_fields[..]),
-            6 => (parse_field(all_fields[0], "second", 0, 59, &[])?, &all_fields[1..]),
+            6 => (
+                parse_field(all_fields[0], "second", 0, 59, &[])?,
+                &all_fields[1..],
+            ),
             found => return Err(CronError::FieldCount { found }),
         };
         let minutes = parse_field(fields[0], "minute", 0, 59, &[])?;
@@ -334,11 +337,17 @@ mod tests {
         assert_eq!(every_second.next_after(now), Some(now + 1));
         let every_10s = CronSchedule::parse("*/10 * * * * *").expect("valid");
         assert_eq!(every_10s.next_after(now), Some(at(2026, 11, 26, 5, 3) + 10));
-        assert_eq!(every_10s.next_after(at(2026, 11, 26, 5, 3) + 50), Some(at(2026, 11, 26, 5, 4)));
+        assert_eq!(
+            every_10s.next_after(at(2026, 11, 26, 5, 3) + 50),
+            Some(at(2026, 11, 26, 5, 4))
+        );
         // Five fields fire at second 0.
         let minutely = CronSchedule::parse("* * * * *").expect("valid");
         assert_eq!(minutely.next_after(now), Some(at(2026, 11, 26, 5, 4)));
-        assert_eq!(minutely.next_after(at(2026, 11, 26, 23, 59)), Some(at(2026, 11, 27, 0, 0)));
+        assert_eq!(
+            minutely.next_after(at(2026, 11, 26, 23, 59)),
+            Some(at(2026, 11, 27, 0, 0))
+        );
     }
 
     #[test]

@@ -230,18 +230,27 @@ impl DagIr {
     /// A missing or unsupported `ir_version` is reported as such, before any
     /// complaint about the rest of the document.
     pub fn from_json(json: &str) -> Result<Self, IrError> {
-        let value: serde_json::Value = serde_json::from_str(json).map_err(IrError::malformed)?;
-        match value.get("ir_version") {
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(IR_VERSION)) => {}
-            found => {
-                return Err(IrError::UnsupportedVersion {
-                    found: found.map_or_else(|| "(missing)".to_owned(), ToString::to_string),
-                    supported: IR_VERSION,
-                });
+        // The common case parses once; only a document that fails to parse is
+        // read again to tell a wrong version apart from other problems.
+        let parsed: Result<DagIr, _> = serde_json::from_str(json);
+        let version_ok = |ir_version: Option<&serde_json::Value>| matches!(ir_version, Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(IR_VERSION)));
+        match parsed {
+            Ok(ir) if ir.ir_version == IR_VERSION => Ok(ir),
+            Ok(ir) => Err(IrError::UnsupportedVersion {
+                found: ir.ir_version.to_string(),
+                supported: IR_VERSION,
+            }),
+            Err(error) => {
+                let value: serde_json::Value = serde_json::from_str(json).map_err(IrError::malformed)?;
+                match value.get("ir_version") {
+                    found if !version_ok(found) && value.is_object() => Err(IrError::UnsupportedVersion {
+                        found: found.map_or_else(|| "(missing)".to_owned(), ToString::to_string),
+                        supported: IR_VERSION,
+                    }),
+                    _ => Err(IrError::malformed(error)),
+                }
             }
         }
-        // Parse the text again rather than the Value, so that errors carry a line and column.
-        serde_json::from_str(json).map_err(IrError::malformed)
     }
 }
 
