@@ -21,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dag = cascade.register_dag(etl::etl_pipeline()).await?;
     tracing::info!(dag = %dag.name, version = dag.version, "registered");
 
-    let job = cascade.trigger_job(dag.id, "manual", json!({ "environment": "dev" })).await?;
+    let job = cascade
+        .trigger_job(dag.id, "manual", json!({ "environment": "dev" }))
+        .await?;
     tracing::info!(job.id = %job.id, "triggered");
     let job = cascade.wait_for_job(job.id).await?;
 
@@ -36,7 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     match job.status {
         JobStatus::Success => tracing::info!(job.id = %job.id, status = %job.status, "job finished"),
-        _ => tracing::error!(job.id = %job.id, status = %job.status, error = ?job.error, "job did not succeed"),
+        _ => {
+            tracing::error!(job.id = %job.id, status = %job.status, error = ?job.error, "job did not succeed")
+        }
     }
     cascade.shutdown().await?;
     if job.status != JobStatus::Success {

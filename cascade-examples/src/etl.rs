@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cascade_core::{dag, TaskContext, TaskError, TaskResult};
+use cascade_core::{TaskContext, TaskError, TaskResult, dag};
 use serde_json::{Value, json};
 
 /// The source data: one order per line, `id,region,amount_cents`.
@@ -28,9 +28,14 @@ pub async fn extract(ctx: TaskContext) -> TaskResult {
     for (line_no, line) in ORDERS.lines().enumerate() {
         let fields: Vec<&str> = line.split(',').collect();
         let [id, region, amount] = fields.as_slice() else {
-            return Err(TaskError::fatal(format!("orders line {}: expected 3 fields", line_no + 1)));
+            return Err(TaskError::fatal(format!(
+                "orders line {}: expected 3 fields",
+                line_no + 1
+            )));
         };
-        rows.push(json!({ "id": id.parse::<i64>()?, "region": region, "amount_cents": amount.parse::<i64>()? }));
+        rows.push(
+            json!({ "id": id.parse::<i64>()?, "region": region, "amount_cents": amount.parse::<i64>()? }),
+        );
     }
     tracing::info!(rows = rows.len(), environment = %ctx.params()["environment"], "extracted orders");
     Ok(json!({ "rows": rows, "environment": ctx.params()["environment"] }))
@@ -44,8 +49,12 @@ pub async fn transform(ctx: TaskContext) -> TaskResult {
         .ok_or_else(|| TaskError::fatal("extract produced no rows"))?;
     let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
     for row in rows {
-        let region = row["region"].as_str().ok_or_else(|| TaskError::fatal("row without region"))?;
-        let amount = row["amount_cents"].as_i64().ok_or_else(|| TaskError::fatal("row without amount"))?;
+        let region = row["region"]
+            .as_str()
+            .ok_or_else(|| TaskError::fatal("row without region"))?;
+        let amount = row["amount_cents"]
+            .as_i64()
+            .ok_or_else(|| TaskError::fatal("row without amount"))?;
         *revenue.entry(region.to_owned()).or_default() += amount;
     }
     let total: i64 = revenue.values().sum();
@@ -58,7 +67,9 @@ pub async fn transform(ctx: TaskContext) -> TaskResult {
 /// from the task's idempotency key, so a re-run after a crash overwrites the
 /// same file instead of writing a second one.
 pub async fn load(ctx: TaskContext) -> TaskResult {
-    let report = ctx.upstream("transform").ok_or_else(|| TaskError::fatal("transform produced nothing"))?;
+    let report = ctx
+        .upstream("transform")
+        .ok_or_else(|| TaskError::fatal("transform produced nothing"))?;
     let dir = ctx.params()["output_dir"]
         .as_str()
         .map_or_else(std::env::temp_dir, PathBuf::from);
@@ -77,7 +88,9 @@ pub async fn load(ctx: TaskContext) -> TaskResult {
 
 /// Announces the result.
 pub async fn notify(ctx: TaskContext) -> TaskResult {
-    let loaded = ctx.upstream("load").ok_or_else(|| TaskError::fatal("load produced nothing"))?;
+    let loaded = ctx
+        .upstream("load")
+        .ok_or_else(|| TaskError::fatal("load produced nothing"))?;
     let message = format!(
         "ETL for {} finished: total revenue {} cents, report at {}",
         ctx.params()["environment"].as_str().unwrap_or("unknown"),
