@@ -35,14 +35,15 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Configures and starts a [`Cascade`] engine.
 ///
 /// ```no_run
-/// # async fn demo() -> cascade_core::Result<()> {
 /// use cascade_core::Cascade;
 ///
+/// # #[tokio::main] async fn main() -> cascade_core::Result<()> {
 /// let cascade = Cascade::builder()                 // no URL: ./cascade.db (SQLite)
 ///     .database_url("postgres://root@127.0.0.1/test")
 ///     .workers(8)
 ///     .build()
 ///     .await?;
+/// # cascade.shutdown().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -218,7 +219,7 @@ fn worker_id() -> String {
 ///     tasks: { hello: { run: hello } }
 /// }
 ///
-/// # async fn demo() -> cascade_core::Result<()> {
+/// # #[tokio::main] async fn main() -> cascade_core::Result<()> {
 /// let cascade = Cascade::builder().build().await?;
 /// let dag = cascade.register_dag(greet()).await?;
 /// let job = cascade.trigger_job(dag.id, "manual", json!({ "name": "world" })).await?;
@@ -652,6 +653,7 @@ impl Cascade {
                 error: Some("cancelled".to_owned()),
                 at: now,
             }],
+            ..TransitionBatch::default()
         };
         self.inner.store.commit_transitions(&batch).await?;
         Ok(())
@@ -710,6 +712,7 @@ impl Cascade {
                 error: None,
                 at: now,
             }],
+            ..TransitionBatch::default()
         };
         let outcome = self.inner.store.commit_transitions(&batch).await?;
         if outcome.jobs.first() != Some(&true) {

@@ -30,11 +30,11 @@
 //!     }
 //! }
 //!
-//! # async fn demo() -> cascade_core::Result<()> {
+//! # #[tokio::main] async fn main() -> cascade_core::Result<()> {
 //! let cascade = Cascade::builder().build().await?;
 //! let dag = cascade.register_dag(etl_pipeline()).await?;
 //! let job = cascade.trigger_job(dag.id, "manual", json!({ "environment": "dev" })).await?;
-//! let mut events = cascade.subscribe(Topic::Job(job.id));
+//! let _events = cascade.subscribe(Topic::Job(job.id)); // a Stream of Event
 //! let job = cascade.wait_for_job(job.id).await?;
 //! assert_eq!(job.status, JobStatus::Success);
 //! let details = cascade.store().get_job_with_details(job.id).await?;
