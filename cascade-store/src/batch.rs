@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 
 use crate::connect::SqliteConn;
 use crate::error::Result;
-use crate::model::BatchOutcome;
+use crate::model::{BatchOutcome, Notification};
 use crate::rows::{JobCas, NewAttemptRow, NewTaskRow, TaskCas, job_cas_query, task_cas_query};
 use crate::schema::{task_attempts, task_executions};
 
@@ -98,17 +98,18 @@ UPDATE task_executions AS t SET
     result = CASE WHEN v.set_result THEN v.result::jsonb ELSE t.result END,
     error = CASE WHEN v.set_error THEN v.error ELSE t.error END,
     completed_at = CASE WHEN v.set_completed_at THEN v.completed_at ELSE t.completed_at END,
-    next_attempt_at = CASE WHEN v.set_next_attempt_at THEN v.next_attempt_at ELSE t.next_attempt_at END
+    next_attempt_at = CASE WHEN v.set_next_attempt_at THEN v.next_attempt_at ELSE t.next_attempt_at END,
+    priority = coalesce(v.priority, t.priority)
 FROM (
     SELECT v.*, r.id AS row_id
     FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
                 $7::timestamp[], $8::int4[], $9::int8[], $10::text[], $11::timestamp[],
                 $12::timestamp[], $13::text[], $14::bool[], $15::text[], $16::bool[],
-                $17::timestamp[], $18::bool[], $19::timestamp[], $20::bool[])
+                $17::timestamp[], $18::bool[], $19::timestamp[], $20::bool[], $21::int4[])
         AS v(idx, job_id, task_id, from_status, token, to_status,
              updated_at, attempt, new_token, worker, started_at,
              lease_expires_at, result, set_result, error, set_error,
-             completed_at, set_completed_at, next_attempt_at, set_next_attempt_at)
+             completed_at, set_completed_at, next_attempt_at, set_next_attempt_at, priority)
     JOIN task_executions AS r
         ON r.job_id = v.job_id AND r.task_id = v.task_id
         AND r.status = v.from_status AND r.fencing_token = v.token
@@ -145,6 +146,31 @@ const PG_INSERT_ATTEMPTS: &str = "\
 INSERT INTO task_attempts (job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamp[], $9::timestamp[])";
+
+/// Every notification of a batch in one statement, in input order; queued by
+/// PostgreSQL until the transaction commits.
+const PG_NOTIFY_ALL: &str = "\
+SELECT pg_notify(n.channel, n.payload) FROM unnest($1::text[], $2::text[]) AS n(channel, payload)";
+
+pub(crate) async fn pg_notify_all(
+    c: &mut AsyncPgConnection,
+    notifications: &[Notification],
+) -> QueryResult<usize> {
+    let query = diesel::sql_query(PG_NOTIFY_ALL)
+        .bind::<Array<Text>, _>(
+            notifications
+                .iter()
+                .map(|n| n.channel.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            notifications
+                .iter()
+                .map(|n| n.payload.as_str())
+                .collect::<Vec<_>>(),
+        );
+    diesel_async::RunQueryDsl::execute(query, c).await
+}
 
 /// The input index of a winning transition, from `RETURNING v.idx`.
 #[derive(QueryableByName)]
@@ -194,6 +220,7 @@ async fn pg_task_round(
     let mut set_completed_at = Vec::with_capacity(n);
     let mut next_attempt_at = Vec::with_capacity(n);
     let mut set_next_attempt_at = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
     for (index, cas) in items {
         let set = &cas.set;
         idx.push(pg_index(index));
@@ -221,6 +248,7 @@ async fn pg_task_round(
         completed_at.push(set.completed_at.flatten());
         set_next_attempt_at.push(set.next_attempt_at.is_some());
         next_attempt_at.push(set.next_attempt_at.flatten());
+        priority.push(set.priority);
     }
     let query = diesel::sql_query(PG_TASK_ROUND)
         .bind::<Array<Integer>, _>(idx)
@@ -242,7 +270,8 @@ async fn pg_task_round(
         .bind::<Array<Nullable<Timestamp>>, _>(completed_at)
         .bind::<Array<Bool>, _>(set_completed_at)
         .bind::<Array<Nullable<Timestamp>>, _>(next_attempt_at)
-        .bind::<Array<Bool>, _>(set_next_attempt_at);
+        .bind::<Array<Bool>, _>(set_next_attempt_at)
+        .bind::<Array<Nullable<Integer>>, _>(priority);
     diesel_async::RunQueryDsl::load(query, c).await
 }
 
@@ -304,6 +333,7 @@ pub(crate) async fn pg_apply(
     c: &mut AsyncPgConnection,
     tasks: &[TaskCas],
     jobs: &[JobCas],
+    notifications: &[Notification],
 ) -> Result<BatchOutcome> {
     let mut outcome = BatchOutcome {
         tasks: vec![false; tasks.len()],
@@ -325,6 +355,9 @@ pub(crate) async fn pg_apply(
         .collect();
     if !attempts.is_empty() {
         pg_insert_attempts(c, &attempts).await?;
+    }
+    if !notifications.is_empty() {
+        pg_notify_all(c, notifications).await?;
     }
     Ok(outcome)
 }

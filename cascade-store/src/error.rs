@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::ids::{DagId, JobId};
+use crate::store::Backend;
 
 /// A boxed error cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -132,6 +133,26 @@ pub enum StoreError {
         job_id: JobId,
     },
 
+    /// No worker is registered with this id (it was never registered, or its
+    /// row was deleted).
+    #[error("worker `{worker_id}` is not registered")]
+    WorkerNotFound {
+        /// The requested id.
+        worker_id: String,
+    },
+
+    /// The operation needs a backend feature this database lacks.
+    #[error(
+        "`{operation}` is not supported on {backend}: distributed mode (workers claiming tasks, \
+         LISTEN/NOTIFY, leader election) needs PostgreSQL"
+    )]
+    Unsupported {
+        /// The store method that was called.
+        operation: &'static str,
+        /// The backend it was called on.
+        backend: Backend,
+    },
+
     /// A stored value could not be decoded (for example an unknown status text).
     #[error("stored {column} value `{value}` is not valid: the database was modified outside cascade")]
     Corrupt {
@@ -158,7 +179,8 @@ impl StoreError {
         match self {
             StoreError::DagNotFound { .. }
             | StoreError::DagVersionNotFound { .. }
-            | StoreError::JobNotFound { .. } => ErrorKind::NotFound,
+            | StoreError::JobNotFound { .. }
+            | StoreError::WorkerNotFound { .. } => ErrorKind::NotFound,
             StoreError::Unavailable { .. } => ErrorKind::Unavailable,
             StoreError::Database { source, .. } => diesel_kind(source),
             StoreError::UnknownScheme { .. }
@@ -166,7 +188,8 @@ impl StoreError {
             | StoreError::SqliteOpen { .. }
             | StoreError::SchemaTooNew { .. }
             | StoreError::Migration { .. }
-            | StoreError::Corrupt { .. } => ErrorKind::Other,
+            | StoreError::Corrupt { .. }
+            | StoreError::Unsupported { .. } => ErrorKind::Other,
         }
     }
 

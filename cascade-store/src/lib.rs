@@ -80,8 +80,9 @@ pub mod testing;
 pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
 pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
 pub use crate::model::{
-    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
-    NewJob, NewTask, TaskAttempt, TaskChanges, TaskExecution, TaskTransition, TransitionBatch,
+    BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
+    JobTransition, NewDag, NewJob, NewTask, Notification, TaskAttempt, TaskChanges, TaskExecution,
+    TaskTransition, TransitionBatch, WorkerInfo, WorkerRecord, WorkerState,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
-pub use crate::store::{Backend, Store};
+pub use crate::store::{Backend, Leadership, NotificationStream, Store};

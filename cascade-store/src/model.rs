@@ -120,6 +120,14 @@ pub struct TaskExecution {
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+    /// Claiming order: higher runs first (default 0); set with
+    /// [`TaskChanges::priority`].
+    pub priority: i32,
+    /// How many times the task was taken back from a worker that stopped
+    /// heartbeating (see [`Store::requeue_expired_tasks`](crate::Store::requeue_expired_tasks)).
+    /// Counted apart from `attempt`: an infrastructure loss is not a failure
+    /// of the task.
+    pub lost_count: i32,
 }
 
 /// One finished attempt of a task, kept as history.
@@ -273,6 +281,10 @@ pub struct TaskChanges {
     /// Appended to the attempt history in the same transaction, only if the
     /// compare-and-set wins.
     pub record_attempt: Option<TaskAttempt>,
+    /// New claiming priority (higher is claimed first by
+    /// [`Store::claim_tasks`](crate::Store::claim_tasks)); typically set when
+    /// the task is queued.
+    pub priority: Option<i32>,
 }
 
 /// A compare-and-set on one task execution row.
@@ -341,4 +353,133 @@ pub struct BatchOutcome {
     pub tasks: Vec<bool>,
     /// For each job transition, in input order: whether its compare-and-set won.
     pub jobs: Vec<bool>,
+}
+
+/// A PostgreSQL notification (`NOTIFY channel, 'payload'`), sent with
+/// [`Store::notify`](crate::Store::notify) or in a [`TransitionBatch`], and
+/// received from [`Store::listen`](crate::Store::listen).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Notification {
+    /// The channel name.
+    pub channel: String,
+    /// The payload (PostgreSQL limits it to just under 8000 bytes).
+    pub payload: String,
+}
+
+impl Notification {
+    /// A notification on `channel` carrying `payload`.
+    pub fn new(channel: impl Into<String>, payload: impl Into<String>) -> Self {
+        Notification {
+            channel: channel.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
+/// What a worker process tells the store about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Unique worker id (for example `host:pid:random`); also written to
+    /// [`TaskExecution::worker`] for the tasks it claims.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Operating system process id.
+    pub pid: i64,
+    /// Queues it claims from.
+    pub queues: Vec<String>,
+    /// Free-form labels (capabilities, zone, …).
+    pub labels: Vec<String>,
+    /// How many tasks it runs at once.
+    pub capacity: i32,
+    /// Cascade (or application) version it runs.
+    pub version: String,
+}
+
+/// The liveness state of a registered worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Registered and heartbeating.
+    Active,
+    /// Deregistered on a graceful shutdown.
+    Stopped,
+    /// Stopped heartbeating; see [`Store::mark_lost_workers`](crate::Store::mark_lost_workers).
+    Lost,
+}
+
+impl WorkerState {
+    /// The stored text (`active`, `stopped`, `lost`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+            WorkerState::Stopped => "stopped",
+            WorkerState::Lost => "lost",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A registered worker as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Unique worker id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Operating system process id.
+    pub pid: i64,
+    /// Queues it claims from.
+    pub queues: Vec<String>,
+    /// Free-form labels.
+    pub labels: Vec<String>,
+    /// How many tasks it runs at once.
+    pub capacity: i32,
+    /// Version it runs.
+    pub version: String,
+    /// When it (last) registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Liveness state.
+    pub state: WorkerState,
+}
+
+/// What [`Store::claim_tasks`](crate::Store::claim_tasks) may claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// The claiming worker's id, written to [`TaskExecution::worker`].
+    pub worker: String,
+    /// Only tasks on these queues.
+    pub queues: Vec<String>,
+    /// Only tasks of jobs of these DAGs (the ones this worker has handlers for).
+    pub dag_ids: Vec<DagId>,
+    /// At most this many tasks (the worker's free capacity).
+    pub limit: i64,
+    /// The current time: tasks whose `next_attempt_at` is later are not due;
+    /// also the new `started_at` and `updated_at`.
+    pub now: DateTime<Utc>,
+    /// The lease of the claimed tasks; renew it with
+    /// [`Store::heartbeat_worker`](crate::Store::heartbeat_worker).
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A task claimed by [`Store::claim_tasks`](crate::Store::claim_tasks), with
+/// what its handler needs from the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimedTask {
+    /// The task as updated by the claim (`running`, new fencing token: the
+    /// worker must present it in every later transition).
+    pub execution: TaskExecution,
+    /// The job's DAG.
+    pub dag_id: DagId,
+    /// The DAG version the job runs.
+    pub dag_version: i32,
+    /// The job's trigger parameters.
+    pub params: Value,
 }

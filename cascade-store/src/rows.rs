@@ -21,7 +21,7 @@ pub(crate) fn naive(at: DateTime<Utc>) -> NaiveDateTime {
     at.trunc_subsecs(6).naive_utc()
 }
 
-fn utc(at: NaiveDateTime) -> DateTime<Utc> {
+pub(crate) fn utc(at: NaiveDateTime) -> DateTime<Utc> {
     at.and_utc()
 }
 
@@ -168,7 +168,7 @@ pub(crate) struct NewJobRow<'a> {
     pub(crate) lease_expires_at: Option<NaiveDateTime>,
 }
 
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = task_executions)]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub(crate) struct TaskRow {
@@ -188,6 +188,8 @@ pub(crate) struct TaskRow {
     pub(crate) completed_at: Option<NaiveDateTime>,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+    pub(crate) priority: i32,
+    pub(crate) lost_count: i32,
 }
 
 impl TryFrom<TaskRow> for TaskExecution {
@@ -211,6 +213,8 @@ impl TryFrom<TaskRow> for TaskExecution {
             completed_at: row.completed_at.map(utc),
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
+            priority: row.priority,
+            lost_count: row.lost_count,
         })
     }
 }
@@ -329,6 +333,7 @@ pub(crate) struct TaskChangeset {
     pub(crate) error: Option<Option<String>>,
     pub(crate) completed_at: Option<Option<NaiveDateTime>>,
     pub(crate) next_attempt_at: Option<Option<NaiveDateTime>>,
+    pub(crate) priority: Option<i32>,
 }
 
 /// One task compare-and-set, owned and ready to run on either backend.
@@ -356,6 +361,7 @@ impl TaskCas {
             lease_expires_at,
             clear_outcome,
             record_attempt,
+            priority,
         } = &transition.changes;
         // With `clear_outcome` an absent value becomes an explicit NULL.
         fn outcome<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
@@ -382,6 +388,7 @@ impl TaskCas {
                 error: outcome(error.clone(), *clear_outcome),
                 completed_at: outcome(completed_at.map(naive), *clear_outcome),
                 next_attempt_at: outcome(next_attempt_at.map(naive), *clear_outcome),
+                priority: *priority,
             },
             attempt: record_attempt.as_ref().map(NewAttemptRow::from),
         }

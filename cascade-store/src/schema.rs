@@ -73,6 +73,23 @@ diesel::table! {
         completed_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        priority -> Integer,
+        lost_count -> Integer,
+    }
+}
+
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        host -> Text,
+        pid -> BigInt,
+        queues -> Text,
+        labels -> Text,
+        capacity -> Integer,
+        version -> Text,
+        started_at -> Timestamp,
+        last_heartbeat -> Timestamp,
+        state -> Text,
     }
 }
 
@@ -96,4 +113,11 @@ diesel::joinable!(jobs -> dags (dag_id));
 diesel::joinable!(task_executions -> jobs (job_id));
 diesel::joinable!(task_attempts -> jobs (job_id));
 
-diesel::allow_tables_to_appear_in_same_query!(dags, dag_versions, jobs, task_executions, task_attempts);
+diesel::allow_tables_to_appear_in_same_query!(
+    dags,
+    dag_versions,
+    jobs,
+    task_executions,
+    task_attempts,
+    workers
+);

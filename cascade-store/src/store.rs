@@ -41,6 +41,15 @@ pub enum Backend {
     Sqlite,
 }
 
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        })
+    }
+}
+
 /// Handle to Cascade's database: DAGs, jobs, task executions.
 ///
 /// Cloning is cheap (the pools are shared). Every write is one transaction;
@@ -48,14 +57,17 @@ pub enum Backend {
 /// whether they won.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// The URL with its password masked.
-    url: String,
-    options: StoreOptions,
-    pools: Pools,
+    pub(crate) url: String,
+    /// The URL as given, for dedicated connections (LISTEN, leader election).
+    /// Never logged or printed.
+    pub(crate) raw_url: String,
+    pub(crate) options: StoreOptions,
+    pub(crate) pools: Pools,
 }
 
 impl fmt::Debug for Store {
@@ -178,6 +190,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 url: masked,
+                raw_url: raw_url.to_owned(),
                 options,
                 pools,
             }),
@@ -197,14 +210,14 @@ impl Store {
         &self.inner.url
     }
 
-    async fn checkout_pg(
+    pub(crate) async fn checkout_pg(
         &self,
         pool: &diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>,
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>> {
         connect::checkout(pool, &self.inner.url, &self.inner.options).await
     }
 
-    async fn checkout_sqlite(
+    pub(crate) async fn checkout_sqlite(
         &self,
         pool: &diesel_async::pooled_connection::deadpool::Pool<SqliteConn>,
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<SqliteConn>> {
@@ -797,7 +810,7 @@ impl Store {
                 == 1
         } else {
             let outcome = self
-                .apply_batch(vec![cas], Vec::new())
+                .apply_batch(vec![cas], Vec::new(), &[])
                 .await
                 .map_err(|e| e.during("transition_task"))?;
             matches!(outcome.tasks.as_slice(), [true])
@@ -815,16 +828,25 @@ impl Store {
     /// sees the earlier one), then job transitions. Attempt records are
     /// written only for winning task transitions. If the transaction fails,
     /// nothing is applied and the error is returned.
+    ///
+    /// On PostgreSQL the batch's [`notifications`](TransitionBatch::notifications)
+    /// are sent with `pg_notify` in the same transaction, so listeners hear of
+    /// them only once the transitions are committed, and never if it fails.
+    /// SQLite ignores them.
     #[instrument(skip_all, fields(n_tasks = batch.tasks.len(), n_jobs = batch.jobs.len()), err)]
     pub async fn commit_transitions(&self, batch: &TransitionBatch) -> Result<BatchOutcome> {
-        if batch.is_empty() {
+        let notifications: &[crate::model::Notification] = match self.backend() {
+            Backend::Postgres => &[],
+            Backend::Sqlite => &[],
+        };
+        if batch.is_empty() && notifications.is_empty() {
             return Ok(BatchOutcome::default());
         }
         let at = naive(rows::now());
         let tasks: Vec<TaskCas> = batch.tasks.iter().map(|t| TaskCas::new(t, at)).collect();
         let jobs: Vec<JobCas> = batch.jobs.iter().map(|j| JobCas::new(j, at)).collect();
         let outcome = self
-            .apply_batch(tasks, jobs)
+            .apply_batch(tasks, jobs, notifications)
             .await
             .map_err(|e| e.during("commit_transitions"))?;
         debug!(
@@ -835,14 +857,19 @@ impl Store {
         Ok(outcome)
     }
 
-    async fn apply_batch(&self, tasks: Vec<TaskCas>, jobs: Vec<JobCas>) -> Result<BatchOutcome> {
+    async fn apply_batch(
+        &self,
+        tasks: Vec<TaskCas>,
+        jobs: Vec<JobCas>,
+        notifications: &[crate::model::Notification],
+    ) -> Result<BatchOutcome> {
         match &self.inner.pools {
             Pools::Pg(pool) => {
                 let mut conn = self.checkout_pg(pool).await?;
                 let conn: &mut AsyncPgConnection = &mut conn;
                 let (tasks, jobs) = (&tasks, &jobs);
                 conn.transaction(async |c: &mut AsyncPgConnection| -> Result<_> {
-                    crate::batch::pg_apply(c, tasks, jobs).await
+                    crate::batch::pg_apply(c, tasks, jobs, notifications).await
                 })
                 .await
             }
@@ -876,3 +903,8 @@ where
         .await?;
     Ok(())
 }
+
+#[path = "distributed.rs"]
+mod distributed;
+
+pub use self::distributed::{Leadership, NotificationStream};
