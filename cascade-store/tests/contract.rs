@@ -4,10 +4,12 @@ use std::time::Instant;
 
 use cascade_store::testing::{self, TestDb};
 use cascade_store::{
-    Backend, ErrorKind, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store, StoreError,
-    TaskAttempt, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    Backend, ClaimRequest, DagId, ErrorKind, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask,
+    Notification, Store, StoreError, TaskAttempt, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    WorkerInfo, WorkerState,
 };
-use chrono::{Duration, SubsecRound, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use futures_util::StreamExt;
 use serde_json::json;
 
 fn new_dag(name: &str, hash: &str) -> NewDag {
@@ -1033,6 +1035,578 @@ mod cases {
                 .all(|r| r.status == TaskStatus::Running && r.fencing_token >= 1)
         );
     }
+
+    // ----- distributed mode ---------------------------------------------------
+
+    pub(super) fn worker_info(id: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: id.to_owned(),
+            host: "host-a".to_owned(),
+            pid: 4242,
+            queues: vec!["default".to_owned(), "gpu".to_owned()],
+            labels: vec!["zone=eu".to_owned()],
+            capacity: 8,
+            version: "0.1.0".to_owned(),
+        }
+    }
+
+    fn claim(
+        worker: &str,
+        queues: &[&str],
+        dag_ids: &[DagId],
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> ClaimRequest {
+        ClaimRequest {
+            worker: worker.to_owned(),
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            dag_ids: dag_ids.to_vec(),
+            limit,
+            now,
+            lease_until: now + Duration::seconds(30),
+        }
+    }
+
+    fn on_queue(task_id: &str, queue: &str, status: TaskStatus) -> NewTask {
+        NewTask {
+            queue: queue.to_owned(),
+            ..task(task_id, status)
+        }
+    }
+
+    fn assert_unsupported<T: std::fmt::Debug>(result: cascade_store::Result<T>, operation: &str) {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unsupported { operation: op, backend: Backend::Sqlite } if *op == operation),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("needs PostgreSQL"), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Other);
+    }
+
+    fn now_micros() -> DateTime<Utc> {
+        Utc::now().trunc_subsecs(6)
+    }
+
+    pub(super) async fn workers_lifecycle(store: &Store) {
+        let now = now_micros();
+        let w1 = store.register_worker(&worker_info("w1")).await.unwrap();
+        assert_eq!(
+            (
+                w1.id.as_str(),
+                w1.host.as_str(),
+                w1.pid,
+                w1.capacity,
+                w1.version.as_str()
+            ),
+            ("w1", "host-a", 4242, 8, "0.1.0")
+        );
+        assert_eq!(w1.queues, ["default", "gpu"]);
+        assert_eq!(w1.labels, ["zone=eu"]);
+        assert_eq!(w1.state, WorkerState::Active);
+        store.register_worker(&worker_info("w2")).await.unwrap();
+        let again = store
+            .register_worker(&WorkerInfo {
+                capacity: 16,
+                ..worker_info("w1")
+            })
+            .await
+            .unwrap();
+        assert_eq!((again.capacity, again.state), (16, WorkerState::Active));
+        let listed = store.list_workers().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            ["w1", "w2"]
+        );
+
+        // A task running on w1, with a short lease.
+        let dag = store.upsert_dag(new_dag("dist", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(
+                dag.id,
+                vec![task("a", TaskStatus::Queued), task("b", TaskStatus::Queued)],
+            ))
+            .await
+            .unwrap()
+            .job;
+        let mut start = cas(job.id, "a", TaskStatus::Queued, 0, TaskStatus::Running);
+        start.changes = TaskChanges {
+            fencing_token: Some(1),
+            worker: Some("w1".to_owned()),
+            lease_expires_at: Some(now + Duration::seconds(5)),
+            ..TaskChanges::default()
+        };
+        assert!(store.transition_task(start).await.unwrap());
+
+        let until = now + Duration::seconds(60);
+        assert_eq!(store.heartbeat_worker("w1", now, until).await.unwrap(), 1);
+        assert_eq!(store.heartbeat_worker("w2", now, until).await.unwrap(), 0);
+        let running = store.list_running_tasks_of_worker("w1").await.unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!(
+            (running[0].task_id.as_str(), running[0].lease_expires_at),
+            ("a", Some(until))
+        );
+        assert!(store.list_running_tasks_of_worker("w2").await.unwrap().is_empty());
+
+        let err = store.heartbeat_worker("ghost", now, until).await.unwrap_err();
+        assert!(matches!(&err, StoreError::WorkerNotFound { worker_id } if worker_id == "ghost"));
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+
+        // w1 falls silent; w2 keeps heartbeating.
+        store
+            .heartbeat_worker("w1", now - Duration::minutes(10), until)
+            .await
+            .unwrap();
+        let lost = store.mark_lost_workers(now - Duration::minutes(1)).await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].id.as_str(), lost[0].state), ("w1", WorkerState::Lost));
+        assert_eq!(lost[0].last_heartbeat, now - Duration::minutes(10));
+        assert!(
+            store
+                .mark_lost_workers(now - Duration::minutes(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A heartbeat is proof of life.
+        store.heartbeat_worker("w1", now, until).await.unwrap();
+        store.deregister_worker("w2").await.unwrap();
+        assert_eq!(
+            store.deregister_worker("ghost").await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        let states: Vec<(String, WorkerState)> = store
+            .list_workers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.id, w.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("w1".to_owned(), WorkerState::Active),
+                ("w2".to_owned(), WorkerState::Stopped)
+            ]
+        );
+        // Stopped workers are not marked lost.
+        assert!(
+            store
+                .mark_lost_workers(now + Duration::hours(1))
+                .await
+                .unwrap()
+                .len()
+                == 1
+        );
+
+        // Upstream results of a job's tasks.
+        let mut done = cas(job.id, "a", TaskStatus::Running, 1, TaskStatus::Success);
+        done.changes.result = Some(json!({ "rows": 3 }));
+        assert!(store.transition_task(done).await.unwrap());
+        let results = store
+            .upstream_results(job.id, &["b".to_owned(), "a".to_owned(), "nope".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(
+            results,
+            [
+                ("a".to_owned(), Some(json!({ "rows": 3 }))),
+                ("b".to_owned(), None)
+            ]
+        );
+        assert!(store.upstream_results(job.id, &[]).await.unwrap().is_empty());
+
+        if store.backend() == Backend::Sqlite {
+            let request = claim("w1", &["default"], &[dag.id], 1, now);
+            assert_unsupported(store.claim_tasks(&request).await, "claim_tasks");
+            assert_unsupported(
+                store.requeue_expired_tasks(now, 10).await,
+                "requeue_expired_tasks",
+            );
+            assert_unsupported(store.notify("c", "p").await, "notify");
+            assert_unsupported(store.listen(&["c"]).await, "listen");
+            assert_unsupported(store.try_lead(1).await, "try_lead");
+        }
+    }
+
+    pub(super) async fn claim_tasks_filters(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let now = now_micros();
+        let a = store.upsert_dag(new_dag("a", "h")).await.unwrap();
+        let b = store.upsert_dag(new_dag("b", "h")).await.unwrap();
+        let job_a = store
+            .create_job(new_job(
+                a.id,
+                vec![
+                    task("a0", TaskStatus::Queued),
+                    task("a1", TaskStatus::Queued),
+                    task("a2", TaskStatus::Queued),
+                    task("a3", TaskStatus::Queued),
+                    task("a4", TaskStatus::Queued),
+                    on_queue("g0", "gpu", TaskStatus::Queued),
+                    task("p0", TaskStatus::Pending),
+                ],
+            ))
+            .await
+            .unwrap()
+            .job;
+        let job_b = store
+            .create_job(new_job(b.id, vec![task("b0", TaskStatus::Queued)]))
+            .await
+            .unwrap()
+            .job;
+        let requeue = |task_id: &str, changes: TaskChanges| TaskTransition {
+            changes,
+            ..cas(job_a.id, task_id, TaskStatus::Queued, 0, TaskStatus::Queued)
+        };
+        // Priorities through both write paths: a batch and a single transition.
+        let batch = TransitionBatch {
+            tasks: vec![
+                requeue(
+                    "a3",
+                    TaskChanges {
+                        priority: Some(5),
+                        ..TaskChanges::default()
+                    },
+                ),
+                requeue(
+                    "a1",
+                    TaskChanges {
+                        next_attempt_at: Some(now + Duration::hours(1)),
+                        ..TaskChanges::default()
+                    },
+                ),
+            ],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(
+            store.commit_transitions(&batch).await.unwrap().tasks,
+            [true, true]
+        );
+        let prio = requeue(
+            "a4",
+            TaskChanges {
+                priority: Some(1),
+                ..TaskChanges::default()
+            },
+        );
+        assert!(store.transition_task(prio).await.unwrap());
+        // a0 is a due retry (updated after a2, so younger in the queue).
+        let due = requeue(
+            "a0",
+            TaskChanges {
+                next_attempt_at: Some(now - Duration::minutes(1)),
+                ..TaskChanges::default()
+            },
+        );
+        assert!(store.transition_task(due).await.unwrap());
+
+        let first = store
+            .claim_tasks(&claim("w1", &["default"], &[a.id], 2, now))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = first.iter().map(|c| c.execution.task_id.as_str()).collect();
+        assert_eq!(ids, ["a3", "a4"], "highest priority first");
+        let c = &first[0];
+        assert_eq!((c.dag_id, c.dag_version), (a.id, 1));
+        assert_eq!(c.params, json!({ "environment": "dev" }));
+        let e = &c.execution;
+        assert_eq!(e.job_id, job_a.id);
+        assert_eq!(e.status, TaskStatus::Running);
+        assert_eq!(e.worker.as_deref(), Some("w1"));
+        assert_eq!(
+            (e.fencing_token, e.attempt, e.priority, e.lost_count),
+            (1, 0, 5, 0)
+        );
+        assert_eq!(e.lease_expires_at, Some(now + Duration::seconds(30)));
+        assert_eq!((e.started_at, e.updated_at), (Some(now), now));
+
+        let second = store
+            .claim_tasks(&claim("w2", &["default"], &[a.id], 10, now))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = second.iter().map(|c| c.execution.task_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["a2", "a0"],
+            "then the longest queued; a1 is not due, g0 on another queue"
+        );
+        assert!(
+            store
+                .claim_tasks(&claim("w2", &["default"], &[a.id], 10, now))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .claim_tasks(&claim("w2", &["gpu", "default"], &[a.id, b.id], 0, now))
+                .await
+                .unwrap()
+                .is_empty(),
+            "limit 0"
+        );
+        let other = store
+            .claim_tasks(&claim("w3", &["gpu", "default"], &[a.id, b.id], 1, now))
+            .await
+            .unwrap();
+        assert_eq!(other.len(), 1, "limit honoured");
+        let more = store
+            .claim_tasks(&claim("w3", &["gpu", "default"], &[a.id, b.id], 10, now))
+            .await
+            .unwrap();
+        let mut ids: Vec<(String, DagId)> = other
+            .iter()
+            .chain(&more)
+            .map(|c| (c.execution.task_id.clone(), c.dag_id))
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [("b0".to_owned(), b.id), ("g0".to_owned(), a.id)],
+            "pending p0 and the future a1 stay"
+        );
+        assert_eq!(
+            more.iter()
+                .chain(&other)
+                .find(|c| c.dag_id == b.id)
+                .unwrap()
+                .execution
+                .job_id,
+            job_b.id
+        );
+        let later = store
+            .claim_tasks(&claim("w3", &["default"], &[a.id], 10, now + Duration::hours(2)))
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].execution.task_id, "a1");
+        let rows = store.list_task_executions_for_job(job_a.id).await.unwrap();
+        let pending: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.status != TaskStatus::Running)
+            .map(|r| r.task_id.as_str())
+            .collect();
+        assert_eq!(pending, ["p0"]);
+        assert_eq!(store.list_running_tasks_of_worker("w3").await.unwrap().len(), 3);
+    }
+
+    pub(super) async fn claim_tasks_concurrent(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let dag = store.upsert_dag(new_dag("race", "h")).await.unwrap();
+        let mut jobs = Vec::new();
+        for j in 0..5 {
+            let tasks = (0..100)
+                .map(|i| task(&format!("t{j}_{i}"), TaskStatus::Queued))
+                .collect();
+            jobs.push(store.create_job(new_job(dag.id, tasks)).await.unwrap().job.id);
+        }
+        let claimers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let request = claim(&format!("w{w}"), &["default"], &[dag.id], 7, Utc::now());
+                        let claimed = store.claim_tasks(&request).await.unwrap();
+                        if claimed.is_empty() {
+                            break mine;
+                        }
+                        mine.extend(claimed.into_iter().map(|c| {
+                            assert_eq!(c.execution.worker, Some(format!("w{w}")));
+                            c.execution.id
+                        }));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut busy_claimers = 0;
+        for claimer in claimers {
+            let mine = claimer.await.unwrap();
+            busy_claimers += usize::from(!mine.is_empty());
+            all.extend(mine);
+        }
+        assert_eq!(all.len(), 500, "every task claimed");
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 500, "no task claimed twice");
+        assert!(busy_claimers > 1, "claims were spread over claimers");
+        for job in jobs {
+            let rows = store.list_task_executions_for_job(job).await.unwrap();
+            assert!(
+                rows.iter()
+                    .all(|r| r.status == TaskStatus::Running && r.fencing_token == 1)
+            );
+        }
+    }
+
+    pub(super) async fn requeue_expired(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("reap", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(
+                dag.id,
+                vec![
+                    task("x", TaskStatus::Queued),
+                    task("y", TaskStatus::Queued),
+                    task("z", TaskStatus::Queued),
+                ],
+            ))
+            .await
+            .unwrap()
+            .job;
+        // A running task without a lease is never reaped.
+        let no_lease = store
+            .create_job(new_job(dag.id, vec![task("local", TaskStatus::Running)]))
+            .await
+            .unwrap()
+            .job;
+        let claimed = store
+            .claim_tasks(&claim("dead", &["default"], &[dag.id], 10, now))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(
+            store.requeue_expired_tasks(now, 10).await.unwrap().is_empty(),
+            "leases alive"
+        );
+        assert!(
+            store
+                .requeue_expired_tasks(now + Duration::hours(1), 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let later = now + Duration::seconds(31);
+        let reaped = store.requeue_expired_tasks(later, 2).await.unwrap();
+        assert_eq!(reaped.len(), 2, "limit honoured");
+        for t in &reaped {
+            assert_eq!(t.job_id, job.id);
+            assert_eq!(t.status, TaskStatus::Queued);
+            assert_eq!((t.fencing_token, t.lost_count, t.attempt), (2, 1, 0));
+            assert_eq!(
+                (t.worker.as_deref(), t.lease_expires_at, t.started_at),
+                (None, None, None)
+            );
+            assert_eq!(t.updated_at, later);
+        }
+        let left = store.list_running_tasks_of_worker("dead").await.unwrap();
+        assert_eq!(left.len(), 1);
+        let reaped_id = &reaped[0].task_id;
+
+        // The presumed-dead worker's late completion loses its compare-and-set.
+        let mut late = cas(job.id, reaped_id, TaskStatus::Running, 1, TaskStatus::Success);
+        late.changes.result = Some(json!("late"));
+        assert!(!store.transition_task(late).await.unwrap());
+        let mut late_batch = cas(job.id, reaped_id, TaskStatus::Running, 1, TaskStatus::Failed);
+        late_batch.changes.error = Some("late".to_owned());
+        let batch = TransitionBatch {
+            tasks: vec![late_batch],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().tasks, [false]);
+
+        assert_eq!(store.requeue_expired_tasks(later, 10).await.unwrap().len(), 1);
+        assert!(
+            store
+                .list_running_tasks_of_worker("dead")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let local = store.list_task_executions_for_job(no_lease.id).await.unwrap();
+        assert_eq!(local[0].status, TaskStatus::Running);
+
+        // Another worker claims them again, with the next token.
+        let again = store
+            .claim_tasks(&claim("alive", &["default"], &[dag.id], 10, later))
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(
+            again
+                .iter()
+                .all(|c| (c.execution.fencing_token, c.execution.lost_count) == (3, 1))
+        );
+        let mut done = cas(job.id, reaped_id, TaskStatus::Running, 3, TaskStatus::Success);
+        done.changes.result = Some(json!("ok"));
+        assert!(store.transition_task(done).await.unwrap());
+    }
+
+    pub(super) async fn notify_and_listen(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let mut stream = store.listen(&["cascade_test", "Mixed Case"]).await.unwrap();
+        for i in 0..3 {
+            store.notify("cascade_test", &format!("n{i}")).await.unwrap();
+        }
+        store.notify("Mixed Case", "exact").await.unwrap();
+        store.notify("not_listened", "x").await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+                .await
+                .expect("notification within 5 s")
+                .expect("stream open")
+                .unwrap();
+            got.push(next);
+        }
+        assert_eq!(
+            got,
+            [
+                Notification::new("cascade_test", "n0"),
+                Notification::new("cascade_test", "n1"),
+                Notification::new("cascade_test", "n2"),
+                Notification::new("Mixed Case", "exact"),
+            ]
+        );
+        assert!(format!("{stream:?}").contains("NotificationStream"));
+    }
+
+    pub(super) async fn leader_election(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        const KEY: i64 = 0x0063_6173_6361_6401;
+        let mut first = store.try_lead(KEY).await.unwrap().expect("nobody leads yet");
+        assert_eq!(first.key(), KEY);
+        assert!(first.is_held().await);
+        assert!(
+            store.try_lead(KEY).await.unwrap().is_none(),
+            "one leader at a time"
+        );
+        assert!(
+            store.try_lead(KEY + 1).await.unwrap().is_some(),
+            "other keys are independent"
+        );
+        drop(first);
+        // The lock is freed when the server sees the session end.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let second = loop {
+            if let Some(leader) = store.try_lead(KEY).await.unwrap() {
+                break leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lock not released after the leader was dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        second.release().await.unwrap();
+        let mut third = store.try_lead(KEY).await.unwrap().expect("released explicitly");
+        assert!(third.is_held().await);
+    }
 }
 
 /// Database-level cases: `async fn(&TestDb)`.
@@ -1132,6 +1706,55 @@ mod db_cases {
         );
     }
 
+    pub(super) async fn migrate_from_third(db: &TestDb) {
+        testing::run_first_migrations(&db.url, 3).await;
+        testing::execute_sql(
+            &db.url,
+            "INSERT INTO dags (name, description, version, hash, schedule, paused, created_at, updated_at) \
+             VALUES ('old', 'from v3', 1, 'h', NULL, false, '2026-01-01 00:00:00', '2026-01-01 00:00:00'); \
+             INSERT INTO jobs (dag_id, dag_version, status, \"trigger\", params, created_at, updated_at) \
+             VALUES (1, 1, 'running', 'manual', '{}', '2026-01-01 00:00:01', '2026-01-01 00:00:01'); \
+             INSERT INTO task_executions (job_id, task_id, status, attempt, fencing_token, queue, created_at, updated_at) \
+             VALUES (1, 't', 'queued', 1, 4, 'default', '2026-01-01 00:00:01', '2026-01-01 00:00:01')",
+        )
+        .await;
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let tasks = store
+            .list_task_executions_for_job(cascade_store::JobId(1))
+            .await
+            .unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(
+            (
+                tasks[0].attempt,
+                tasks[0].fencing_token,
+                tasks[0].priority,
+                tasks[0].lost_count
+            ),
+            (1, 4, 0, 0)
+        );
+        assert!(store.list_workers().await.unwrap().is_empty());
+        store.register_worker(&cases::worker_info("w")).await.unwrap();
+        assert_eq!(store.list_workers().await.unwrap().len(), 1);
+        if store.backend() == Backend::Postgres {
+            let old = store.get_dag_by_name("old").await.unwrap().unwrap();
+            let request = ClaimRequest {
+                worker: "w".to_owned(),
+                queues: vec!["default".to_owned()],
+                dag_ids: vec![old.id],
+                limit: 10,
+                now: Utc::now(),
+                lease_until: Utc::now() + Duration::seconds(30),
+            };
+            let claimed = store.claim_tasks(&request).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert_eq!(
+                (claimed[0].execution.attempt, claimed[0].execution.fencing_token),
+                (1, 5)
+            );
+        }
+    }
+
     pub(super) async fn schema_newer_than_code(db: &TestDb) {
         drop(Store::open(Some(&db.url)).await.unwrap());
         testing::execute_sql(
@@ -1208,11 +1831,18 @@ contract!(
         job_rerun_clears_outcome,
         commit_transitions_5000,
         concurrent_batches_one_winner_per_row,
+        workers_lifecycle,
+        claim_tasks_filters,
+        claim_tasks_concurrent,
+        requeue_expired,
+        notify_and_listen,
+        leader_election,
     ],
     db: [
         migrate_from_empty,
         migrate_from_first,
         migrate_from_previous,
+        migrate_from_third,
         schema_newer_than_code
     ]
 );
