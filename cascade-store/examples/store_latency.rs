@@ -103,6 +103,7 @@ async fn measure(label: &str, url: &str) -> Result<(), cascade_store::StoreError
                 .map(|task| transition(job, task, TaskStatus::Pending, TaskStatus::Queued))
                 .collect(),
             jobs: Vec::new(),
+            notifications: Vec::new(),
         };
         let started = Instant::now();
         let outcome = store.commit_transitions(&batch).await?;

@@ -337,6 +337,13 @@ pub struct TransitionBatch {
     pub tasks: Vec<TaskTransition>,
     /// Job transitions, applied in order after the task transitions.
     pub jobs: Vec<JobTransition>,
+    /// Sent with `pg_notify` inside the batch's transaction, after the
+    /// transitions: PostgreSQL delivers them only if the batch commits (and
+    /// collapses identical channel + payload pairs of one transaction into
+    /// one). Sent whether or not the compare-and-sets won. Ignored on
+    /// SQLite, which has no notifications.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
 }
 
 impl TransitionBatch {

@@ -836,7 +836,7 @@ impl Store {
     #[instrument(skip_all, fields(n_tasks = batch.tasks.len(), n_jobs = batch.jobs.len()), err)]
     pub async fn commit_transitions(&self, batch: &TransitionBatch) -> Result<BatchOutcome> {
         let notifications: &[crate::model::Notification] = match self.backend() {
-            Backend::Postgres => &[],
+            Backend::Postgres => &batch.notifications,
             Backend::Sqlite => &[],
         };
         if batch.is_empty() && notifications.is_empty() {

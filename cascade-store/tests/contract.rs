@@ -847,6 +847,7 @@ mod cases {
                         let batch = TransitionBatch {
                             tasks: Vec::new(),
                             jobs: vec![transition],
+                            notifications: Vec::new(),
                         };
                         store.commit_transitions(&batch).await.unwrap().jobs == [true]
                     } else {
@@ -1572,6 +1573,99 @@ mod cases {
             ]
         );
         assert!(format!("{stream:?}").contains("NotificationStream"));
+
+        // A batch's notifications go out when it commits...
+        let dag = store.upsert_dag(new_dag("notify", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("t", TaskStatus::Pending)]))
+            .await
+            .unwrap()
+            .job;
+        let batch = TransitionBatch {
+            tasks: vec![cas(job.id, "t", TaskStatus::Pending, 0, TaskStatus::Queued)],
+            jobs: Vec::new(),
+            notifications: vec![Notification::new("cascade_test", "queued:t")],
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().tasks, [true]);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("batch notification within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next, Notification::new("cascade_test", "queued:t"));
+
+        // ...and never from a batch that fails (an empty channel name makes
+        // pg_notify fail after the first notification was queued).
+        let failing = TransitionBatch {
+            tasks: vec![cas(job.id, "t", TaskStatus::Queued, 0, TaskStatus::Running)],
+            jobs: Vec::new(),
+            notifications: vec![
+                Notification::new("cascade_test", "must not arrive"),
+                Notification::new("", "boom"),
+            ],
+        };
+        let err = store.commit_transitions(&failing).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Database {
+                    operation: "commit_transitions",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert_eq!(
+            rows[0].status,
+            TaskStatus::Queued,
+            "the failed batch changed nothing"
+        );
+        // A notification-only batch is sent too.
+        let marker = TransitionBatch {
+            notifications: vec![Notification::new("cascade_test", "marker")],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(
+            store.commit_transitions(&marker).await.unwrap(),
+            Default::default()
+        );
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("marker within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next,
+            Notification::new("cascade_test", "marker"),
+            "nothing from the failed batch"
+        );
+    }
+
+    pub(super) async fn batch_notifications_ignored_on_sqlite(store: &Store) {
+        if store.backend() != Backend::Sqlite {
+            return;
+        }
+        let dag = store.upsert_dag(new_dag("notify", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("t", TaskStatus::Pending)]))
+            .await
+            .unwrap()
+            .job;
+        let batch = TransitionBatch {
+            tasks: vec![cas(job.id, "t", TaskStatus::Pending, 0, TaskStatus::Queued)],
+            jobs: Vec::new(),
+            notifications: vec![
+                Notification::new("cascade_test", "ignored"),
+                Notification::new("", ""),
+            ],
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().tasks, [true]);
+        let only = TransitionBatch {
+            notifications: vec![Notification::new("cascade_test", "ignored")],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(store.commit_transitions(&only).await.unwrap(), Default::default());
     }
 
     pub(super) async fn leader_election(store: &Store) {
@@ -1755,6 +1849,49 @@ mod db_cases {
         }
     }
 
+    pub(super) async fn dedicated_connections_lost(db: &TestDb) {
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let mut stream = store.listen(&["lost_probe"]).await.unwrap();
+        let mut leader = store.try_lead(77).await.unwrap().unwrap();
+        assert!(leader.is_held().await);
+        testing::execute_sql(
+            &db.url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND datname = current_database() \
+             AND (query LIKE '%lost_probe%' OR query = 'SELECT 1')",
+        )
+        .await;
+        let wait = std::time::Duration::from_secs(5);
+        let first = tokio::time::timeout(wait, stream.next())
+            .await
+            .expect("the failure is reported")
+            .expect("one item before the end");
+        let err = first.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Database {
+                    operation: "listen",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            tokio::time::timeout(wait, stream.next()).await.unwrap().is_none(),
+            "then the stream ends"
+        );
+        assert!(!leader.is_held().await, "the leader notices its session is gone");
+        drop(leader);
+        assert!(
+            store.try_lead(77).await.unwrap().is_some(),
+            "and another may lead"
+        );
+    }
+
     pub(super) async fn schema_newer_than_code(db: &TestDb) {
         drop(Store::open(Some(&db.url)).await.unwrap());
         testing::execute_sql(
@@ -1836,6 +1973,7 @@ contract!(
         claim_tasks_concurrent,
         requeue_expired,
         notify_and_listen,
+        batch_notifications_ignored_on_sqlite,
         leader_election,
     ],
     db: [
@@ -1843,6 +1981,7 @@ contract!(
         migrate_from_first,
         migrate_from_previous,
         migrate_from_third,
+        dedicated_connections_lost,
         schema_newer_than_code
     ]
 );
