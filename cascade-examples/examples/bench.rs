@@ -1,0 +1,659 @@
+//! The benchmark harness: runs one scenario against a fresh database and
+//! prints one JSON line per run on stdout.
+//!
+//! ```text
+//! cargo run --release -p cascade-examples --example bench -- \
+//!     --backend sqlite|postgres --scenario chain|fanout|etl|validate --size N \
+//!     [--jobs J] [--task-ms M] [--workers W] [--repeat R]
+//! ```
+//!
+//! - `chain`: N tasks in a line. `fanout`: 1 → N → 1 (N + 2 tasks). Both are
+//!   built as JSON IR at runtime with one shared handler, a no-op unless
+//!   `--task-ms M` makes it sleep M ms.
+//! - `etl`: the 4-task ETL DAG of `cascade_examples::etl`, J concurrent jobs.
+//! - `validate`: builds an N-task JSON IR and parses + validates + sorts it;
+//!   nothing runs and no database is opened.
+//!
+//! Every run opens a fresh database: a new temporary SQLite file, or on
+//! PostgreSQL a database `bench_<pid>_<n>` created on the server named by
+//! `DATABASE_URL` (default `postgres://root@127.0.0.1:5432/test`) with `psql`
+//! and dropped afterwards. See BENCHMARKS.md for what each field measures.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade_core::{Cascade, Dag, JobStatus, TaskContext, TaskResult};
+use cascade_examples::etl;
+use serde_json::{Value, json};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const DEFAULT_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+const USAGE: &str = "usage: bench --backend sqlite|postgres --scenario chain|fanout|etl|validate \
+                     --size N [--jobs J] [--task-ms M] [--workers W] [--repeat R]";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Chain,
+    Fanout,
+    Etl,
+    Validate,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Chain => "chain",
+            Scenario::Fanout => "fanout",
+            Scenario::Etl => "etl",
+            Scenario::Validate => "validate",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    backend: Backend,
+    scenario: Scenario,
+    size: usize,
+    jobs: usize,
+    task_ms: u64,
+    workers: Option<usize>,
+    repeat: usize,
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut backend = Backend::Sqlite;
+    let mut scenario = None;
+    let mut size = None;
+    let mut jobs = 1;
+    let mut task_ms = 0;
+    let mut workers = None;
+    let mut repeat = 1;
+    fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
+        let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+        value
+            .replace(['_', ','], "")
+            .parse()
+            .map_err(|_| format!("{flag} `{value}` is not a number"))
+    }
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "--backend" => {
+                backend = match argv.next().as_deref() {
+                    Some("sqlite") => Backend::Sqlite,
+                    Some("postgres" | "pg") => Backend::Postgres,
+                    other => return Err(format!("--backend {other:?}: expected sqlite or postgres")),
+                }
+            }
+            "--scenario" => {
+                scenario = Some(match argv.next().as_deref() {
+                    Some("chain") => Scenario::Chain,
+                    Some("fanout") => Scenario::Fanout,
+                    Some("etl") => Scenario::Etl,
+                    Some("validate") => Scenario::Validate,
+                    other => {
+                        return Err(format!(
+                            "--scenario {other:?}: expected chain, fanout, etl or validate"
+                        ));
+                    }
+                })
+            }
+            "--size" => size = Some(number(&flag, argv.next())?),
+            "--jobs" => jobs = number(&flag, argv.next())?,
+            "--task-ms" => task_ms = number(&flag, argv.next())?,
+            "--workers" => workers = Some(number(&flag, argv.next())?),
+            "--repeat" => repeat = number(&flag, argv.next())?,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    let scenario = scenario.ok_or_else(|| format!("--scenario is required\n{USAGE}"))?;
+    let size = match (scenario, size) {
+        (Scenario::Etl, size) => size.unwrap_or(4),
+        (_, Some(n)) if n > 0 => n,
+        _ => return Err(format!("--size N (N ≥ 1) is required\n{USAGE}")),
+    };
+    if jobs == 0 || repeat == 0 {
+        return Err("--jobs and --repeat must be at least 1".to_owned());
+    }
+    Ok(Args {
+        backend,
+        scenario,
+        size,
+        jobs,
+        task_ms,
+        workers,
+        repeat,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Memory: /proc/self/status
+// ---------------------------------------------------------------------------
+
+/// A field of /proc/self/status in kB (`VmHWM`, `VmRSS`).
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0); false when not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn mb(kb: Option<u64>) -> Value {
+    kb.map_or(Value::Null, |kb| json!(round2(kb as f64 / 1024.0)))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+// ---------------------------------------------------------------------------
+// Fresh databases
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+enum FreshDb {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// `postgres://user@host:port/db?x` with the database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+fn psql(url: &str, sql: &str) -> Result<(), BoxError> {
+    let output = Command::new("psql")
+        .args([url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+impl FreshDb {
+    fn create(backend: Backend, n: usize) -> Result<Self, BoxError> {
+        let pid = std::process::id();
+        match backend {
+            Backend::Sqlite => Ok(FreshDb::Sqlite(
+                std::env::temp_dir().join(format!("cascade-bench-{pid}-{n}.db")),
+            )),
+            Backend::Postgres => {
+                let admin_url = admin_url();
+                let name = format!("bench_{pid}_{n}");
+                psql(
+                    &admin_url,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
+                psql(&admin_url, &format!("CREATE DATABASE {name}"))?;
+                Ok(FreshDb::Postgres { admin_url, name })
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            FreshDb::Sqlite(path) => format!("sqlite://{}", path.display()),
+            FreshDb::Postgres { admin_url, name } => with_database(admin_url, name),
+        }
+    }
+
+    fn remove(self) {
+        match self {
+            FreshDb::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            FreshDb::Postgres { admin_url, name } => {
+                if let Err(error) = psql(
+                    &admin_url,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ) {
+                    eprintln!("bench: could not drop {name}: {error}");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handler timing
+// ---------------------------------------------------------------------------
+
+/// Start and end instants of every handler call, in ns since `epoch` (0 =
+/// not recorded), by task slot. Allocated (and touched) before the run so it
+/// is part of the memory baseline.
+#[derive(Debug)]
+struct Recorder {
+    epoch: Instant,
+    start: Vec<AtomicU64>,
+    end: Vec<AtomicU64>,
+}
+
+impl Recorder {
+    fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Recorder {
+            epoch: Instant::now(),
+            start: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            end: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn started(&self, slot: usize) {
+        if let Some(cell) = self.start.get(slot) {
+            cell.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    fn ended(&self, slot: usize) {
+        if let Some(cell) = self.end.get(slot) {
+            cell.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Dispatch latency of every task with dependencies: its handler's start
+    /// minus the end of its last-finishing dependency's handler, in µs.
+    /// `deps[i]` are the slots task slot `i` depends on.
+    fn dispatch_us(&self, deps: &[Vec<usize>]) -> Vec<f64> {
+        let mut out = Vec::new();
+        for (slot, deps) in deps.iter().enumerate() {
+            let start = self.start[slot].load(Ordering::Relaxed);
+            let last_dep = deps.iter().map(|&d| self.end[d].load(Ordering::Relaxed)).max();
+            if let Some(last_dep) = last_dep
+                && start != 0
+                && last_dep != 0
+            {
+                out.push((start as f64 - last_dep as f64) / 1000.0);
+            }
+        }
+        out
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Value {
+    if sorted.is_empty() {
+        return Value::Null;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    json!(round2(sorted[rank.clamp(1, sorted.len()) - 1]))
+}
+
+/// `t<i>` → i.
+fn slot_of(task_id: &str) -> usize {
+    task_id
+        .strip_prefix('t')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// The shared handler of chain and fanout: a no-op, or a sleep of `task_ms`.
+fn with_shared_handler(dag: Dag, recorder: &Arc<Recorder>, task_ms: u64) -> Dag {
+    let recorder = Arc::clone(recorder);
+    dag.with_handler("work", move |ctx: TaskContext| {
+        let recorder = Arc::clone(&recorder);
+        async move {
+            let slot = slot_of(ctx.task_id());
+            recorder.started(slot);
+            if task_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(task_ms)).await;
+            }
+            recorder.ended(slot);
+            Ok(Value::Null)
+        }
+    })
+}
+
+/// Wraps one of the ETL handlers so its start and end are recorded; the slot
+/// is `params.slot * 4 + position`.
+fn timed_etl<F, Fut>(
+    recorder: &Arc<Recorder>,
+    position: usize,
+    handler: F,
+) -> impl Fn(TaskContext) -> std::pin::Pin<Box<dyn Future<Output = TaskResult> + Send>> + Send + Sync + 'static
+where
+    F: Fn(TaskContext) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    let recorder = Arc::clone(recorder);
+    move |ctx: TaskContext| {
+        let recorder = Arc::clone(&recorder);
+        Box::pin(async move {
+            let job_slot = ctx.params()["slot"].as_u64().map_or(usize::MAX, |s| s as usize);
+            let slot = job_slot.saturating_mul(4).saturating_add(position);
+            recorder.started(slot);
+            let result = handler(ctx).await;
+            recorder.ended(slot);
+            result
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// DAG shapes as JSON IR
+// ---------------------------------------------------------------------------
+
+fn task_json(id: usize, deps: &[usize]) -> Value {
+    let deps: Vec<String> = deps.iter().map(|d| format!("t{d}")).collect();
+    json!({ "id": format!("t{id}"), "handler": "work", "depends_on": deps })
+}
+
+/// (IR, dependencies by slot). Chain: t0 → t1 → … → t(n-1).
+fn chain_ir(n: usize) -> (String, Vec<Vec<usize>>) {
+    let deps: Vec<Vec<usize>> = (0..n)
+        .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+        .collect();
+    (ir_from(&format!("bench_chain_{n}"), &deps), deps)
+}
+
+/// Fanout: t0 → t1..=tn → t(n+1).
+fn fanout_ir(n: usize) -> (String, Vec<Vec<usize>>) {
+    let mut deps: Vec<Vec<usize>> = vec![vec![]];
+    deps.extend((1..=n).map(|_| vec![0]));
+    deps.push((1..=n).collect());
+    (ir_from(&format!("bench_fanout_{n}"), &deps), deps)
+}
+
+/// The validate shape: every task depends on its predecessor and on the task
+/// at half its index, about 2 edges per task.
+fn validate_ir(n: usize) -> String {
+    let deps: Vec<Vec<usize>> = (0..n)
+        .map(|i| match i {
+            0 => vec![],
+            1 | 2 => vec![i - 1],
+            _ => vec![i - 1, i / 2],
+        })
+        .collect();
+    ir_from(&format!("bench_validate_{n}"), &deps)
+}
+
+fn ir_from(name: &str, deps: &[Vec<usize>]) -> String {
+    let tasks: Vec<Value> = deps.iter().enumerate().map(|(i, d)| task_json(i, d)).collect();
+    json!({ "ir_version": 1, "name": name, "tasks": tasks }).to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    round2(d.as_secs_f64() * 1000.0)
+}
+
+fn run_validate(args: &Args) -> Result<Value, BoxError> {
+    let started = Instant::now();
+    let ir = validate_ir(args.size);
+    let build = started.elapsed();
+
+    // The whole path the runtime takes: parse + validate + toposort.
+    let started = Instant::now();
+    let dag = Dag::from_ir_json(&ir)?;
+    let wall = started.elapsed();
+    assert_eq!(dag.plan().topological_order().len(), args.size);
+    drop(dag);
+
+    // For comparison: the validator again (warm), and a plain serde_json
+    // parse of the same document into a `Value`.
+    let started = Instant::now();
+    let valid = cascade_core::ValidDag::from_json(&ir)?;
+    let validate_warm = started.elapsed();
+    let started = Instant::now();
+    let value: Value = serde_json::from_str(&ir)?;
+    let json_parse = started.elapsed();
+    drop(value);
+
+    let tasks = args.size as f64;
+    Ok(json!({
+        "scenario": "validate",
+        "backend": Value::Null,
+        "size": args.size,
+        "tasks": args.size,
+        "edges": valid.tasks().iter().map(|t| t.dependencies.len()).sum::<usize>(),
+        "ir_bytes": ir.len(),
+        "jobs": 0,
+        "task_ms": 0,
+        "workers": Value::Null,
+        "wall_ms": ms(wall),
+        "tasks_per_sec": round2(tasks / wall.as_secs_f64()),
+        "build_ir_ms": ms(build),
+        "validate_warm_ms": ms(validate_warm),
+        "json_value_parse_ms": ms(json_parse),
+        "dispatch_p50_us": Value::Null,
+        "dispatch_p99_us": Value::Null,
+        "peak_rss_mb": mb(proc_status_kb("VmHWM")),
+    }))
+}
+
+async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
+    let hwm_before_reset = proc_status_kb("VmHWM");
+    let db = FreshDb::create(args.backend, run)?;
+    let url = db.url();
+
+    // The DAG, its dependency lists by recorder slot, and the slot count.
+    let (jobs, task_count) = match args.scenario {
+        Scenario::Chain => (1, args.size),
+        Scenario::Fanout => (1, args.size + 2),
+        Scenario::Etl => (args.jobs, 4),
+        Scenario::Validate => unreachable!("validate runs no engine"),
+    };
+    let setup_started = Instant::now();
+    let mut builder = Cascade::builder().database_url(url);
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    let cascade = builder.build().await?;
+    let workers = cascade.workers();
+    let engine_ready = setup_started.elapsed();
+
+    // An empty engine: reset the peak and take the baseline.
+    let peak_reset = reset_peak_rss();
+    let rss_empty = proc_status_kb("VmRSS");
+
+    let recorder = Recorder::new(task_count * jobs);
+    let (dag, deps) = match args.scenario {
+        Scenario::Chain | Scenario::Fanout => {
+            let (ir, deps) = if args.scenario == Scenario::Chain {
+                chain_ir(args.size)
+            } else {
+                fanout_ir(args.size)
+            };
+            let dag = with_shared_handler(Dag::from_ir_json(&ir)?, &recorder, args.task_ms);
+            (dag, deps)
+        }
+        Scenario::Etl => {
+            let base = etl::etl_pipeline();
+            let mut dag = Dag::from_ir_json(base.ir_json())?;
+            let ir: Value = serde_json::from_str(base.ir_json())?;
+            for task in ir["tasks"].as_array().into_iter().flatten() {
+                let (Some(id), Some(handler)) = (task["id"].as_str(), task["handler"].as_str()) else {
+                    return Err(format!("ETL task {task} has no handler").into());
+                };
+                let handler = handler.to_owned();
+                dag = match id {
+                    "extract" => dag.with_handler(handler, timed_etl(&recorder, 0, etl::extract)),
+                    "transform" => dag.with_handler(handler, timed_etl(&recorder, 1, etl::transform)),
+                    "load" => dag.with_handler(handler, timed_etl(&recorder, 2, etl::load)),
+                    "notify" => dag.with_handler(handler, timed_etl(&recorder, 3, etl::notify)),
+                    other => return Err(format!("unexpected ETL task {other}").into()),
+                };
+            }
+            // Slot j*4 + p depends on j*4 + p-1: extract → transform → load → notify.
+            let deps = (0..jobs * 4)
+                .map(|s| if s % 4 == 0 { vec![] } else { vec![s - 1] })
+                .collect();
+            (dag, deps)
+        }
+        Scenario::Validate => unreachable!(),
+    };
+    let record = cascade.register_dag(dag).await?;
+    let setup = setup_started.elapsed();
+    let rss_registered = proc_status_kb("VmRSS");
+
+    // Timed: trigger → wait_for_job returns (for every job).
+    let started = Instant::now();
+    let mut trigger_time = Duration::ZERO;
+    let mut statuses = Vec::with_capacity(jobs);
+    if jobs == 1 {
+        let job = cascade
+            .trigger_job(record.id, "bench", json!({ "slot": 0 }))
+            .await?;
+        trigger_time = started.elapsed();
+        statuses.push(cascade.wait_for_job(job.id).await?.status);
+    } else {
+        let mut handles = Vec::with_capacity(jobs);
+        for slot in 0..jobs {
+            let cascade = cascade.clone();
+            let dag_id = record.id;
+            handles.push(tokio::spawn(async move {
+                let job = cascade
+                    .trigger_job(dag_id, "bench", json!({ "slot": slot, "environment": "bench" }))
+                    .await?;
+                cascade.wait_for_job(job.id).await.map(|job| job.status)
+            }));
+        }
+        for handle in handles {
+            statuses.push(handle.await??);
+        }
+    }
+    let wall = started.elapsed();
+    let peak_kb = proc_status_kb("VmHWM");
+
+    cascade.shutdown().await?;
+    drop(cascade);
+    db.remove();
+
+    if let Some(bad) = statuses.iter().find(|s| **s != JobStatus::Success) {
+        return Err(format!("a job ended {bad}, not success").into());
+    }
+
+    let mut dispatch = recorder.dispatch_us(&deps);
+    dispatch.sort_by(f64::total_cmp);
+    let total_tasks = task_count * jobs;
+    let mut result = json!({
+        "scenario": args.scenario.name(),
+        "backend": args.backend.name(),
+        "size": args.size,
+        "tasks": total_tasks,
+        "jobs": jobs,
+        "task_ms": args.task_ms,
+        "workers": workers,
+        "wall_ms": ms(wall),
+        "tasks_per_sec": round2(total_tasks as f64 / wall.as_secs_f64()),
+        "trigger_ms": if jobs == 1 { json!(ms(trigger_time)) } else { Value::Null },
+        "setup_ms": ms(setup),
+        "engine_build_ms": ms(engine_ready),
+        "dispatch_samples": dispatch.len(),
+        "dispatch_p50_us": percentile(&dispatch, 50.0),
+        "dispatch_p99_us": percentile(&dispatch, 99.0),
+        "dispatch_max_us": dispatch.last().map_or(Value::Null, |v| json!(round2(*v))),
+        "peak_rss_mb": mb(peak_kb.max(if peak_reset { None } else { hwm_before_reset })),
+        "rss_empty_engine_mb": mb(rss_empty),
+    });
+    // Memory per queued task: the rise of the peak RSS over the engine before
+    // the job, per task. Meaningful for the big fan-out (everything queued at once).
+    if peak_reset
+        && let (Some(peak), Some(empty), Some(registered)) = (peak_kb, rss_empty, rss_registered)
+        && args.scenario == Scenario::Fanout
+    {
+        let per_task = |base: u64| json!((peak.saturating_sub(base) * 1024) / total_tasks as u64);
+        result["bytes_per_task"] = per_task(registered);
+        result["bytes_per_task_incl_dag"] = per_task(empty);
+    }
+    Ok(result)
+}
+
+fn main() {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        cascade_examples::init_tracing();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bench: tokio runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let mut failed = false;
+    for run in 0..args.repeat {
+        let result = if args.scenario == Scenario::Validate {
+            run_validate(&args)
+        } else {
+            runtime.block_on(run_engine(&args, run))
+        };
+        match result {
+            Ok(line) => println!("{line}"),
+            Err(error) => {
+                eprintln!(
+                    "bench: {} {} size {} run {run}: {error}",
+                    args.scenario.name(),
+                    args.backend.name(),
+                    args.size
+                );
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
