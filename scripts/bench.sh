@@ -11,6 +11,7 @@
 #   BACKENDS          "sqlite postgres" (default) or one of them
 #   PGBENCH_SECONDS   length of the pgbench -N ceiling run (default 20; 0 skips it)
 #   CARGO_TARGET_DIR  where to build (default ./target)
+#   BENCH_COMMIT      commit to record (default: git rev-parse HEAD)
 #
 # Every engine run uses a fresh database (a temporary SQLite file, or a
 # PostgreSQL database created and dropped by the bench binary). The file gets
@@ -46,7 +47,7 @@ if [[ $BACKENDS == *postgres* ]]; then
 fi
 printf '{"scenario":"machine","cores":%s,"cpu":%s,"mem_gb":%s,"postgres_version":%s,"fsync":%s,"synchronous_commit":%s,"commit":%s,"loadavg":%s}\n' \
     "$(nproc)" "$(json_str "$model")" "$((mem_kb / 1024 / 1024))" "$pg_version" "$pg_fsync" "$pg_sync" \
-    "$(json_str "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")" \
+    "$(json_str "${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}")" \
     "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")" | tee -a "$OUT"
 
 # --- the PostgreSQL ceiling: pgbench -N ------------------------------------------

@@ -306,8 +306,8 @@ impl Recorder {
 
     /// Dispatch latency of every task with dependencies: its handler's start
     /// minus the end of its last-finishing dependency's handler, in µs.
-    /// `deps[i]` are the slots task slot `i` depends on.
-    fn dispatch_us(&self, deps: &[Vec<usize>]) -> Vec<f64> {
+    /// `deps[i]` are the slots task slot `i` depends on. Returns (µs, slot).
+    fn dispatch_us(&self, deps: &[Vec<usize>]) -> Vec<(f64, usize)> {
         let mut out = Vec::new();
         for (slot, deps) in deps.iter().enumerate() {
             let start = self.start[slot].load(Ordering::Relaxed);
@@ -316,7 +316,7 @@ impl Recorder {
                 && start != 0
                 && last_dep != 0
             {
-                out.push((start as f64 - last_dep as f64) / 1000.0);
+                out.push(((start as f64 - last_dep as f64) / 1000.0, slot));
             }
         }
         out
@@ -478,7 +478,6 @@ fn run_validate(args: &Args) -> Result<Value, BoxError> {
 }
 
 async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
-    let hwm_before_reset = proc_status_kb("VmHWM");
     let db = FreshDb::create(args.backend, run)?;
     let url = db.url();
 
@@ -498,18 +497,22 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
     let workers = cascade.workers();
     let engine_ready = setup_started.elapsed();
 
+    // The DAG's JSON IR is built by the harness before any baseline.
+    let recorder = Recorder::new(task_count * jobs);
+    let shape = match args.scenario {
+        Scenario::Chain => Some(chain_ir(args.size)),
+        Scenario::Fanout => Some(fanout_ir(args.size)),
+        _ => None,
+    };
+    let hwm_engine = proc_status_kb("VmHWM");
+
     // An empty engine: reset the peak and take the baseline.
     let peak_reset = reset_peak_rss();
     let rss_empty = proc_status_kb("VmRSS");
 
-    let recorder = Recorder::new(task_count * jobs);
     let (dag, deps) = match args.scenario {
         Scenario::Chain | Scenario::Fanout => {
-            let (ir, deps) = if args.scenario == Scenario::Chain {
-                chain_ir(args.size)
-            } else {
-                fanout_ir(args.size)
-            };
+            let (ir, deps) = shape.ok_or("no DAG shape")?;
             let dag = with_shared_handler(Dag::from_ir_json(&ir)?, &recorder, args.task_ms);
             (dag, deps)
         }
@@ -540,6 +543,10 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
     };
     let record = cascade.register_dag(dag).await?;
     let setup = setup_started.elapsed();
+    // Parsing and registering the DAG has its own peak; reset again so the
+    // job's peak is measured over the engine with the DAG registered.
+    let hwm_registered = proc_status_kb("VmHWM");
+    let peak_reset = peak_reset && reset_peak_rss();
     let rss_registered = proc_status_kb("VmRSS");
 
     // Timed: trigger → wait_for_job returns (for every job).
@@ -579,7 +586,12 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
         return Err(format!("a job ended {bad}, not success").into());
     }
 
-    let mut dispatch = recorder.dispatch_us(&deps);
+    let latencies = recorder.dispatch_us(&deps);
+    let slowest = latencies
+        .iter()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|&(_, slot)| slot);
+    let mut dispatch: Vec<f64> = latencies.into_iter().map(|(us, _)| us).collect();
     dispatch.sort_by(f64::total_cmp);
     let total_tasks = task_count * jobs;
     let mut result = json!({
@@ -599,18 +611,26 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
         "dispatch_p50_us": percentile(&dispatch, 50.0),
         "dispatch_p99_us": percentile(&dispatch, 99.0),
         "dispatch_max_us": dispatch.last().map_or(Value::Null, |v| json!(round2(*v))),
-        "peak_rss_mb": mb(peak_kb.max(if peak_reset { None } else { hwm_before_reset })),
+        // The recorder slot of the slowest edge's dependent (task `t<slot>`).
+        "dispatch_max_slot": slowest,
+        // The process's peak: engine start-up, DAG registration or the job.
+        "peak_rss_mb": mb(peak_kb.max(hwm_engine).max(hwm_registered)),
         "rss_empty_engine_mb": mb(rss_empty),
+        "rss_registered_mb": mb(rss_registered),
     });
-    // Memory per queued task: the rise of the peak RSS over the engine before
-    // the job, per task. Meaningful for the big fan-out (everything queued at once).
+    // Memory per queued task: the rise of the peak RSS during the job over
+    // the engine with the DAG registered, per task; and the peak of parsing
+    // and registering the DAG over the empty engine, per task. Meaningful for
+    // the big fan-out, where every task is queued at once.
     if peak_reset
-        && let (Some(peak), Some(empty), Some(registered)) = (peak_kb, rss_empty, rss_registered)
         && args.scenario == Scenario::Fanout
+        && let (Some(peak), Some(registered)) = (peak_kb, rss_registered)
     {
-        let per_task = |base: u64| json!((peak.saturating_sub(base) * 1024) / total_tasks as u64);
-        result["bytes_per_task"] = per_task(registered);
-        result["bytes_per_task_incl_dag"] = per_task(empty);
+        result["bytes_per_task"] = json!((peak.saturating_sub(registered) * 1024) / total_tasks as u64);
+        if let (Some(dag_peak), Some(empty)) = (hwm_registered, rss_empty) {
+            result["dag_bytes_per_task"] =
+                json!((dag_peak.saturating_sub(empty) * 1024) / total_tasks as u64);
+        }
     }
     Ok(result)
 }
