@@ -16,7 +16,8 @@
 # Every engine run uses a fresh database (a temporary SQLite file, or a
 # PostgreSQL database created and dropped by the bench binary). The file gets
 # one line per run, plus a "machine" line and, for PostgreSQL, a "pgbench"
-# line with this machine's simple-update tps measured in the same session.
+# line each for this machine's simple-update tps with 8 clients (-c 8 -j 2)
+# and with 1, measured in the same session.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -58,13 +59,17 @@ if [[ $BACKENDS == *postgres* && $PGBENCH_SECONDS -gt 0 ]]; then
     psql "$DATABASE_URL" -X -q -c "DROP DATABASE IF EXISTS $scratch" >/dev/null
     psql "$DATABASE_URL" -X -q -c "CREATE DATABASE $scratch" >/dev/null
     trap 'psql "$DATABASE_URL" -X -q -c "DROP DATABASE IF EXISTS $scratch WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
-    echo "bench: pgbench -i -s 10; pgbench -N -c 8 -j 2 -T $PGBENCH_SECONDS…" >&2
+    echo "bench: pgbench -i -s 10; pgbench -N -c 8 -j 2 and -c 1, $PGBENCH_SECONDS s each…" >&2
     pgbench -i -s 10 -q "$scratch_url" >/dev/null 2>&1
-    report=$(pgbench -N -c 8 -j 2 -T "$PGBENCH_SECONDS" "$scratch_url" 2>/dev/null)
-    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$report" | head -1)
-    latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$report" | head -1)
-    printf '{"scenario":"pgbench","backend":"postgres","mode":"-N -c 8 -j 2 -T %s","scale":10,"tps":%s,"latency_ms":%s}\n' \
-        "$PGBENCH_SECONDS" "${tps:-null}" "${latency:-null}" | tee -a "$OUT"
+    # -c 8: the server's write ceiling. -c 1: one sequential writer, which is
+    # what a single committing scheduler is.
+    for clients in 8 1; do
+        report=$(pgbench -N -c "$clients" -j "$((clients < 2 ? 1 : 2))" -T "$PGBENCH_SECONDS" "$scratch_url" 2>/dev/null)
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$report" | head -1)
+        latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$report" | head -1)
+        printf '{"scenario":"pgbench","backend":"postgres","mode":"-N -c %s -T %s","clients":%s,"scale":10,"tps":%s,"latency_ms":%s}\n' \
+            "$clients" "$PGBENCH_SECONDS" "$clients" "${tps:-null}" "${latency:-null}" | tee -a "$OUT"
+    done
     psql "$DATABASE_URL" -X -q -c "DROP DATABASE IF EXISTS $scratch WITH (FORCE)" >/dev/null
     trap - EXIT
 fi
