@@ -31,7 +31,14 @@ pub(crate) async fn run_cron(engine: Weak<Inner>, stop: CancellationToken) {
             return;
         };
         let mut sleep = MAX_SLEEP;
-        for dag in cascade.scheduled_dags() {
+        // With several engines on PostgreSQL only the leader fires ticks; the
+        // idempotency key keeps a tick single even during a hand-over.
+        let dags = if cascade.is_leader() {
+            cascade.scheduled_dags()
+        } else {
+            Vec::new()
+        };
+        for dag in dags {
             match fire_due(&cascade, &dag).await {
                 Ok(Some(next)) => {
                     let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);

@@ -1,12 +1,13 @@
 //! [`Cascade`], the engine handle, and its builder.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cascade_store::{
-    DagRecord, ErrorKind, Job, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store, StoreOptions,
-    TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    Backend, DagRecord, ErrorKind, Job, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store,
+    StoreOptions, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -17,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEventKind};
+use crate::scheduler::RemoteTaskUpdate;
 use crate::scheduler::{CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
 use crate::state::{JobState, StateManager, TaskState};
+use crate::worker::{self, WorkerConfig};
 use crate::{DagId, JobId};
-use crate::{cron, leases};
+use crate::{bridge, cron, leader, leases};
 
 /// Default grace period between a cancellation signal and dropping handlers
 /// that ignore it.
@@ -31,6 +34,26 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_EVENT_CAPACITY: usize = 8192;
 /// Default lease on the jobs an engine runs.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// What an engine does in a deployment of several processes sharing one
+/// PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Role {
+    /// Schedules jobs and runs their tasks in this process (the default; the
+    /// only role on SQLite).
+    #[default]
+    All,
+    /// Schedules jobs (owns them, releases dependents, fires cron ticks when
+    /// it leads) and queues their tasks for worker processes; runs none.
+    Scheduler,
+    /// Claims queued tasks of the DAGs it registered and runs them; schedules
+    /// nothing.
+    Worker,
+}
+
+/// Default interval between a worker's heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Configures and starts a [`Cascade`] engine.
 ///
@@ -55,6 +78,12 @@ pub struct CascadeBuilder {
     shutdown_timeout: Option<Duration>,
     event_capacity: Option<usize>,
     lease_duration: Option<Duration>,
+    role: Role,
+    queues: Option<Vec<String>>,
+    labels: Vec<String>,
+    capacity: Option<usize>,
+    heartbeat_interval: Option<Duration>,
+    poll_interval: Option<Duration>,
 }
 
 impl CascadeBuilder {
@@ -108,32 +137,63 @@ impl CascadeBuilder {
         self
     }
 
+    /// This process's role among several sharing one PostgreSQL database
+    /// (default [`Role::All`]). `Scheduler` and `Worker` need PostgreSQL.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// The queues a worker claims tasks from (default `["default"]`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Labels describing a worker (e.g. `gpu`, `eu-west`), recorded in the
+    /// `workers` table.
+    pub fn labels<I, S>(mut self, labels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.labels = labels.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many tasks a worker runs at once; the same as [`workers`](Self::workers).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// How often a worker heartbeats and extends the leases of its tasks
+    /// (default 5 s). A task's lease is three intervals; a worker silent for
+    /// that long is declared lost and its tasks return to the queue.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How often a worker looks for queued tasks without being notified, and
+    /// a scheduler re-reads the tasks of its jobs (default 1 s): the fallback
+    /// when notifications are unavailable, e.g. behind a transaction pooler.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
     /// Opens the store (running migrations) and starts the engine.
     #[tracing::instrument(skip(self), err)]
     pub async fn build(self) -> Result<Cascade> {
-        let workers = resolve_workers(self.workers, std::env::var("CASCADE_WORKERS").ok())?;
-        let store = Store::open_with(self.database_url.as_deref(), self.store_options).await?;
-        let worker_id = worker_id();
-        let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY));
-        let (commands, inbox) = mpsc::channel(1024);
-        let scheduler = Scheduler::new(
-            SchedulerConfig {
-                workers,
-                worker_id: worker_id.clone(),
-                cancel_grace: self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE),
-            },
-            StateManager::new(store.clone()),
-            events.clone(),
-            inbox,
-            commands.downgrade(),
-        );
-        let scheduler = tokio::spawn(scheduler.run());
-        tracing::info!(backend = ?store.backend(), url = %store.url(), workers, worker = %worker_id, "cascade engine started");
-        events.publish(Event::Worker(WorkerEvent {
-            kind: WorkerEventKind::Joined,
-            worker: worker_id.clone(),
-            timestamp: Utc::now(),
-        }));
+        let workers = resolve_workers(
+            self.capacity.or(self.workers),
+            std::env::var("CASCADE_WORKERS").ok(),
+        )?;
         let lease = self.lease_duration.unwrap_or(DEFAULT_LEASE);
         if lease < Duration::from_millis(300) {
             return Err(Error::Config {
@@ -142,6 +202,55 @@ impl CascadeBuilder {
                 ),
             });
         }
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        if heartbeat_interval < Duration::from_millis(50) {
+            return Err(Error::Config {
+                reason: format!(
+                    "heartbeat_interval({heartbeat_interval:?}) is too short; use at least 50 ms"
+                ),
+            });
+        }
+        let poll_interval = self
+            .poll_interval
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(10));
+        let store = Store::open_with(self.database_url.as_deref(), self.store_options).await?;
+        let role = self.role;
+        let distributed = store.backend() == Backend::Postgres;
+        if role != Role::All && !distributed {
+            return Err(Error::Config {
+                reason: format!(
+                    "role {role:?} needs PostgreSQL: distributed mode shares work through the database; \
+                     use a postgres:// database_url, or Role::All with SQLite"
+                ),
+            });
+        }
+        let worker_id = worker_id();
+        // Events cross processes when the work does.
+        let (outbox, outbox_rx) = if role == Role::All {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        };
+        let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY), outbox);
+        let (commands, inbox) = mpsc::channel(1024);
+        let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                workers,
+                worker_id: worker_id.clone(),
+                cancel_grace,
+                remote_dispatch: role == Role::Scheduler,
+            },
+            StateManager::new(store.clone()),
+            events.clone(),
+            inbox,
+            commands.downgrade(),
+        );
+        let scheduler = tokio::spawn(scheduler.run());
+        tracing::info!(backend = ?store.backend(), url = %store.url(), ?role, workers, worker = %worker_id, "cascade engine started");
+        let (worker_cancels, cancels_rx) = mpsc::unbounded_channel();
         let cascade = Cascade {
             inner: Arc::new(Inner {
                 store,
@@ -151,21 +260,112 @@ impl CascadeBuilder {
                 worker_id,
                 workers,
                 lease,
+                role,
                 shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 scheduler: Mutex::new(Some(scheduler)),
                 background: CancellationToken::new(),
                 cron_wakeup: Notify::new(),
+                worker_wakeup: Notify::new(),
+                worker_cancels,
+                is_leader: AtomicBool::new(!distributed),
+                worker_drained: Mutex::new(None),
             }),
         };
-        tokio::spawn(leases::keep_leases(
-            Arc::downgrade(&cascade.inner),
-            cascade.inner.background.clone(),
-        ));
-        tokio::spawn(cron::run_cron(
-            Arc::downgrade(&cascade.inner),
-            cascade.inner.background.clone(),
-        ));
+        let weak = Arc::downgrade(&cascade.inner);
+        let stop = cascade.inner.background.clone();
+        if role == Role::All {
+            cascade.inner.events.publish(Event::Worker(WorkerEvent {
+                kind: WorkerEventKind::Joined,
+                worker: cascade.inner.worker_id.clone(),
+                timestamp: Utc::now(),
+            }));
+        }
+        if role != Role::Worker {
+            tokio::spawn(leases::keep_leases(weak.clone(), stop.clone()));
+            tokio::spawn(cron::run_cron(weak.clone(), stop.clone()));
+        }
+        if distributed {
+            tokio::spawn(leader::run_leader(
+                weak.clone(),
+                heartbeat_interval,
+                heartbeat_interval * 3,
+                stop.clone(),
+            ));
+            tokio::spawn(bridge::run_listener(weak.clone(), role, stop.clone()));
+        }
+        if let Some(outbox_rx) = outbox_rx {
+            tokio::spawn(bridge::forward_events(weak.clone(), outbox_rx));
+        }
+        if role == Role::Scheduler {
+            tokio::spawn(reconcile(weak.clone(), poll_interval, stop.clone()));
+        }
+        if role == Role::Worker {
+            let (drained, drained_rx) = oneshot::channel();
+            *cascade
+                .inner
+                .worker_drained
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(drained_rx);
+            let config = WorkerConfig {
+                queues: self
+                    .queues
+                    .unwrap_or_else(|| vec![cascade_ir::DEFAULT_QUEUE.to_owned()]),
+                labels: self.labels,
+                capacity: workers,
+                heartbeat_interval,
+                poll_interval,
+                task_lease: heartbeat_interval * 3,
+                cancel_grace,
+            };
+            tokio::spawn(worker::run_worker(weak, config, cancels_rx, stop, drained));
+        }
         Ok(cascade)
+    }
+}
+
+/// The polling fallback of a scheduler in distributed mode: re-reads the
+/// tasks of its active jobs and applies what workers committed, in case a
+/// notification was missed.
+async fn reconcile(engine: std::sync::Weak<Inner>, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if cascade.send(Command::ActiveJobs { reply }).await.is_err() {
+            return;
+        }
+        let Ok(jobs) = answer.await else { return };
+        for job_id in jobs {
+            let rows = match cascade.store().list_task_executions_for_job(job_id).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(%error, "reconcile: could not read tasks");
+                    break;
+                }
+            };
+            for row in rows {
+                if matches!(row.status, TaskStatus::Pending) {
+                    continue;
+                }
+                let update = RemoteTaskUpdate {
+                    job_id,
+                    task_id: row.task_id,
+                    token: row.fencing_token,
+                    attempt: u32::try_from(row.attempt).unwrap_or(0),
+                    status: row.status,
+                    error: row.error,
+                    next_attempt_at: row.next_attempt_at,
+                };
+                if cascade.send(Command::Remote(update)).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -248,6 +448,22 @@ pub(crate) struct Inner {
     pub(crate) background: CancellationToken,
     /// Wakes the cron loop when schedules change (register, pause, unpause).
     pub(crate) cron_wakeup: Notify,
+    role: Role,
+    /// Wakes the worker loop: tasks were queued, or the listener reconnected.
+    pub(crate) worker_wakeup: Notify,
+    /// Jobs whose running attempts the worker must cancel.
+    pub(crate) worker_cancels: mpsc::UnboundedSender<JobId>,
+    /// Whether this engine fires cron ticks and reaps leases (always on SQLite).
+    pub(crate) is_leader: AtomicBool,
+    /// Completes when the worker loop has drained.
+    worker_drained: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Inner {
+    /// Publishes an event that came from another node to local subscribers only.
+    pub(crate) fn events_local(&self, event: Event) {
+        self.events.publish_local(event);
+    }
 }
 
 impl Cascade {
@@ -257,6 +473,26 @@ impl Cascade {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+
+    /// Publishes an event to local subscribers and, in distributed mode, to
+    /// the other nodes.
+    pub(crate) fn publish(&self, event: Event) {
+        self.inner.events.publish(event);
+    }
+
+    pub(crate) async fn send_command(&self, command: Command) -> Result<()> {
+        self.send(command).await
+    }
+
+    /// This engine's role.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Whether this engine leads: fires cron ticks and reaps lapsed leases.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.inner.is_leader.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The lease on the jobs this engine runs.
@@ -390,7 +626,7 @@ impl Cascade {
 
     /// The registered DAG for the version a job was created with: the
     /// current one, or the stored older definition with today's handlers.
-    async fn dag_for_version(
+    pub(crate) async fn dag_for_version(
         &self,
         current: &Arc<RegisteredDag>,
         version: i32,
@@ -496,6 +732,7 @@ impl Cascade {
                 started_at: None,
             })
             .collect();
+        let schedules = self.inner.role != Role::Worker;
         let created = self
             .inner
             .store
@@ -507,11 +744,21 @@ impl Cascade {
                 params,
                 idempotency_key: key,
                 tasks,
-                owner: Some(self.inner.worker_id.clone()),
-                lease_expires_at: Some(self.lease_until(Utc::now())),
+                owner: schedules.then(|| self.inner.worker_id.clone()),
+                lease_expires_at: schedules.then(|| self.lease_until(Utc::now())),
             })
             .await?;
-        if created.created {
+        if created.created && !schedules {
+            // A worker schedules nothing: a scheduler takes the job over.
+            if let Err(error) = self
+                .inner
+                .store
+                .notify(bridge::JOBS_CHANNEL, &created.job.id.to_string())
+                .await
+            {
+                tracing::warn!(%error, "could not announce the job; a scheduler finds it by polling");
+            }
+        } else if created.created {
             self.send(Command::Start {
                 job: created.job.clone(),
                 dag,
@@ -791,6 +1038,21 @@ impl Cascade {
         };
         let Some(handle) = handle else { return Ok(()) };
         self.inner.background.cancel();
+        let drained = self
+            .inner
+            .worker_drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(drained) = drained
+            && tokio::time::timeout(self.inner.shutdown_timeout, drained)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "worker did not drain within the shutdown timeout; its tasks return to the queue when their leases lapse"
+            );
+        }
         let (reply, answer) = oneshot::channel();
         if self
             .send(Command::Shutdown {
@@ -814,13 +1076,46 @@ impl Cascade {
                 tracing::warn!(%error, "could not release jobs; they resume once their leases lapse")
             }
         }
-        self.inner.events.publish(Event::Worker(WorkerEvent {
-            kind: WorkerEventKind::Left,
-            worker: self.inner.worker_id.clone(),
-            timestamp: Utc::now(),
-        }));
+        if self.inner.role == Role::All {
+            self.inner.events.publish(Event::Worker(WorkerEvent {
+                kind: WorkerEventKind::Left,
+                worker: self.inner.worker_id.clone(),
+                timestamp: Utc::now(),
+            }));
+        }
         tracing::info!(worker = %self.inner.worker_id, "cascade engine stopped");
         Ok(())
+    }
+
+    /// Runs until the process gets SIGTERM or Ctrl-C, then shuts down
+    /// gracefully: what a worker or scheduler process's `main` ends with.
+    pub async fn run_until_shutdown(&self) -> Result<()> {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        self.shutdown().await
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -186,15 +186,28 @@ impl Topic {
 #[derive(Debug, Clone)]
 pub(crate) struct EventBus {
     sender: broadcast::Sender<Event>,
+    /// In distributed mode, events also go to the other nodes through here.
+    outbox: Option<mpsc::UnboundedSender<Event>>,
 }
 
 impl EventBus {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, outbox: Option<mpsc::UnboundedSender<Event>>) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(16));
-        EventBus { sender }
+        EventBus { sender, outbox }
     }
 
+    /// Publishes to local subscribers and, in distributed mode, to other nodes.
     pub(crate) fn publish(&self, event: Event) {
+        if let Some(outbox) = &self.outbox
+            && !matches!(event, Event::Lagged { .. })
+        {
+            let _ = outbox.send(event.clone());
+        }
+        self.publish_local(event);
+    }
+
+    /// Publishes to local subscribers only.
+    pub(crate) fn publish_local(&self, event: Event) {
         // No subscriber is not an error.
         let _ = self.sender.send(event);
     }

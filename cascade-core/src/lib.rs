@@ -45,11 +45,13 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![doc(test(attr(deny(warnings))))]
 
+mod bridge;
 mod cron;
 mod dag;
 mod engine;
 mod error;
 mod events;
+mod leader;
 mod leases;
 mod runner;
 mod scheduler;
@@ -57,6 +59,7 @@ mod scheduler;
 mod shell;
 mod state;
 mod task;
+mod worker;
 
 pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationError, ValidationErrors};
 pub use cascade_macros::dag;
@@ -66,8 +69,8 @@ pub use cascade_store::{
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{
-    Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_LEASE,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_LEASE, DEFAULT_SHUTDOWN_TIMEOUT, Role,
 };
 pub use error::{Error, Result};
 pub use events::{

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use cascade_ir::{TaskKind, TriggerRule, ValidDag};
 use cascade_store::{
-    DagRecord, Job, JobTransition, TaskAttempt, TaskChanges, TaskExecution, TaskTransition, TransitionBatch,
+    DagRecord, Job, JobTransition, Notification, TaskAttempt, TaskChanges, TaskExecution, TaskTransition,
+    TransitionBatch,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -88,6 +89,21 @@ impl RegisteredDag {
     fn callback(&self, name: Option<&String>) -> Option<Callback> {
         name.and_then(|n| self.dag.callback(n).cloned())
     }
+
+    /// The handler of task `t`, or one that fails at once saying why there is none.
+    pub(crate) fn handler_at(&self, t: usize) -> Handler {
+        if let Some(handler) = &self.handlers[t] {
+            return Arc::clone(handler);
+        }
+        let message = match &self.plan.tasks()[t].kind {
+            TaskKind::Local { handler } => format!("no handler is registered under the name `{handler}`"),
+            TaskKind::Shell { .. } => "shell tasks need a Unix system".to_owned(),
+        };
+        Arc::new(move |_| -> BoxFuture<TaskResult> {
+            let message = message.clone();
+            Box::pin(async move { Err(TaskError::fatal(message)) })
+        })
+    }
 }
 
 impl std::fmt::Debug for RegisteredDag {
@@ -115,6 +131,8 @@ pub(crate) enum Command {
     },
     /// An attempt finished.
     Completed(Completion),
+    /// A worker process committed a change to a task (a claim or an outcome).
+    Remote(RemoteTaskUpdate),
     /// Cancel a job; the reply comes once it is cancelled.
     Cancel {
         job_id: JobId,
@@ -126,6 +144,8 @@ pub(crate) enum Command {
         job_id: JobId,
         reply: oneshot::Sender<bool>,
     },
+    /// The jobs this engine runs now (for the polling fallback).
+    ActiveJobs { reply: oneshot::Sender<Vec<JobId>> },
     /// The in-memory state of a job, if active here.
     State {
         job_id: JobId,
@@ -137,6 +157,19 @@ pub(crate) enum Command {
         timeout: Duration,
         reply: oneshot::Sender<()>,
     },
+}
+
+/// A task change committed by another process, as announced on the
+/// `cascade_done` channel (and found again by the polling fallback).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RemoteTaskUpdate {
+    pub(crate) job_id: JobId,
+    pub(crate) task_id: String,
+    pub(crate) token: i64,
+    pub(crate) attempt: u32,
+    pub(crate) status: TaskStatus,
+    pub(crate) error: Option<String>,
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// The answer to a cancel request.
@@ -156,6 +189,33 @@ pub(crate) struct SchedulerConfig {
     pub(crate) workers: usize,
     pub(crate) worker_id: String,
     pub(crate) cancel_grace: Duration,
+    /// Distributed mode: ready tasks are queued in the store for worker
+    /// processes to claim instead of running here.
+    pub(crate) remote_dispatch: bool,
+}
+
+/// What a failed attempt leads to: a retry after the backoff (`up_for_retry`
+/// and when), or failure. `retry_base` is the attempt count before a re-run;
+/// `roll` is a uniform random number in [0, 1) for full jitter.
+pub(crate) fn retry_decision(
+    plan_task: &cascade_ir::TaskPlan,
+    error: &TaskError,
+    attempt: u32,
+    retry_base: u32,
+    now: DateTime<Utc>,
+    roll: f64,
+) -> (TaskStatus, Option<DateTime<Utc>>) {
+    let retry = plan_task.retry;
+    if error.is_retryable() && attempt.saturating_sub(retry_base) <= retry.retries {
+        let mut delay = retry.backoff(attempt.saturating_sub(retry_base).max(1));
+        if retry.jitter {
+            delay = delay.mul_f64(roll);
+        }
+        let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+        (TaskStatus::UpForRetry, Some(next))
+    } else {
+        (TaskStatus::Failed, None)
+    }
 }
 
 /// How many dependencies ended which way.
@@ -303,6 +363,22 @@ impl Batch {
     fn effect(&mut self, guard: Guard, effect: Effect) {
         self.effects.push((guard, effect));
     }
+
+    /// A notification sent inside the batch's transaction, so that it is
+    /// delivered only if the batch commits. Repeats are sent once.
+    fn notify(&mut self, channel: &str, payload: String) {
+        let duplicate = self
+            .store
+            .notifications
+            .iter()
+            .any(|n| n.channel == channel && n.payload == payload);
+        if !duplicate {
+            self.store.notifications.push(Notification {
+                channel: channel.to_owned(),
+                payload,
+            });
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -406,6 +482,7 @@ impl Scheduler {
                 rerun,
             } => self.resume_job(job, dag, tasks, rerun, batch),
             Command::Completed(completion) => self.complete(completion, batch),
+            Command::Remote(update) => self.apply_remote(update, batch),
             Command::Cancel { job_id, reply } => self.cancel(job_id, reply, batch),
             Command::Wait { job_id, reply } => match self.jobs.get_mut(&job_id) {
                 Some(job) => job.waiters.push(reply),
@@ -413,6 +490,9 @@ impl Scheduler {
                     let _ = reply.send(false);
                 }
             },
+            Command::ActiveJobs { reply } => {
+                let _ = reply.send(self.jobs.keys().copied().collect());
+            }
             Command::State { job_id, reply } => {
                 let _ = reply.send(self.jobs.get(&job_id).map(snapshot));
             }
@@ -551,6 +631,12 @@ impl Scheduler {
         let mut retry_timers = Vec::new();
         for (i, task) in plan.tasks().iter().enumerate() {
             match run.tasks[i].status {
+                // In distributed mode a running task belongs to its worker, whose
+                // lease decides whether it is still alive; a queued one waits
+                // in the store for a claim.
+                TaskStatus::Running | TaskStatus::Queued if self.config.remote_dispatch => {
+                    run.tasks[i].decided = true;
+                }
                 TaskStatus::Running | TaskStatus::Queued => {
                     run.tasks[i].interrupted = run.tasks[i].status == TaskStatus::Running;
                     run.tasks[i].decided = true;
@@ -610,6 +696,7 @@ impl Scheduler {
             finished_at,
         } = completion;
         let abandoning = self.abandoning;
+        let worker_id = self.config.worker_id.clone();
         let Some(job) = self.jobs.get_mut(&job_id) else {
             tracing::warn!(job.id = %job_id, task = t, token, "rejected completion for a job this engine no longer runs");
             return;
@@ -640,7 +727,7 @@ impl Scheduler {
             task_id: task_id.to_string(),
             attempt: attempt as i32,
             status,
-            worker: None,
+            worker: Some(worker_id.clone()),
             error,
             output,
             started_at,
@@ -734,6 +821,7 @@ impl Scheduler {
     ) {
         let now = batch.now();
         let jitter_roll = self.next_random();
+        let worker_id = self.config.worker_id.clone();
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
@@ -741,28 +829,24 @@ impl Scheduler {
         let plan_task = &job.dag.plan.tasks()[t];
         let task_id = Arc::clone(&job.dag.task_ids[t]);
         let attempt = task.attempt;
-        let attempts_this_run = attempt.saturating_sub(task.retry_base);
         let message = error.message().to_owned();
         let output = error.output().map(str::to_owned);
-        let retry = plan_task.retry;
         let started_at = task.started_at;
         let record = |status: TaskStatus| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
             attempt: attempt as i32,
             status,
-            worker: None,
+            worker: Some(worker_id.clone()),
             error: Some(message.clone()),
             output: output.clone(),
             started_at,
             finished_at: Some(finished_at),
         };
-        if error.is_retryable() && attempts_this_run <= retry.retries {
-            let mut delay = retry.backoff(attempt);
-            if retry.jitter {
-                delay = delay.mul_f64(jitter_roll);
-            }
-            let next_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+        if let (TaskStatus::UpForRetry, Some(next_at)) =
+            retry_decision(plan_task, &error, attempt, task.retry_base, now, jitter_roll)
+        {
+            let delay = (next_at - now).to_std().unwrap_or(Duration::ZERO);
             let changes = TaskChanges {
                 error: Some(message.clone()),
                 next_attempt_at: Some(next_at),
@@ -955,7 +1039,12 @@ impl Scheduler {
                 }
             }
             job.cancellation.cancel();
-            if job.running > 0 {
+            let remote_running = self.config.remote_dispatch && job.unfinished > 0;
+            if remote_running {
+                // Workers stop the job's attempts when they hear this.
+                batch.notify(crate::bridge::CANCEL_CHANNEL, job_id.to_string());
+            }
+            if job.running > 0 || remote_running {
                 self.add_timer(Instant::now() + grace, Timer::CancelGrace { job_id });
             }
         }
@@ -980,6 +1069,19 @@ impl Scheduler {
                         && !job.cancelling
                     {
                         self.newly_ready.push((job_id, task));
+                    }
+                }
+                Timer::CancelGrace { job_id } if self.config.remote_dispatch => {
+                    // Tasks still running on workers are cancelled in the store;
+                    // a late completion then loses its compare-and-set.
+                    if let Some(mut job) = self.jobs.remove(&job_id) {
+                        for t in 0..job.tasks.len() {
+                            if job.tasks[t].status == TaskStatus::Running {
+                                self.settle_unrun(&mut job, t, TaskStatus::Cancelled, batch);
+                            }
+                        }
+                        self.jobs.insert(job_id, job);
+                        self.maybe_finish(job_id, batch);
                     }
                 }
                 Timer::CancelGrace { job_id } => {
@@ -1011,7 +1113,6 @@ impl Scheduler {
                 }
             }
         }
-        let _ = batch;
     }
 
     /// Starts ready tasks while runner slots are free: first those queued
@@ -1022,6 +1123,12 @@ impl Scheduler {
         if self.draining {
             // Nothing new starts during shutdown; ready tasks stay pending for
             // the next engine.
+            return;
+        }
+        if self.config.remote_dispatch {
+            for (job_id, t) in newly_ready {
+                self.queue_for_workers(job_id, t, batch);
+            }
             return;
         }
         while self.running < self.config.workers {
@@ -1063,6 +1170,134 @@ impl Scheduler {
             );
             self.queued.push_back((job_id, t));
         }
+    }
+
+    /// Distributed mode: persists a ready task as `queued` with the attempt
+    /// number its run will have, and wakes the workers of its queue.
+    fn queue_for_workers(&mut self, job_id: JobId, t: usize, batch: &mut Batch) {
+        let now = batch.now();
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let task = &mut job.tasks[t];
+        if job.cancelling
+            || !matches!(
+                task.status,
+                TaskStatus::Pending | TaskStatus::UpForRetry | TaskStatus::Running
+            )
+        {
+            return;
+        }
+        let attempt = if task.interrupted {
+            task.attempt.max(1)
+        } else {
+            task.attempt + 1
+        };
+        let queue = job.dag.plan.tasks()[t].queue.clone();
+        let changes = TaskChanges {
+            attempt: Some(attempt as i32),
+            clear_outcome: true,
+            ..TaskChanges::default()
+        };
+        let task_id = &job.dag.task_ids[t];
+        let guard = batch.task(transition(
+            job_id,
+            task_id,
+            task.status,
+            task.token,
+            TaskStatus::Queued,
+            changes,
+        ));
+        task.status = TaskStatus::Queued;
+        task.attempt = attempt;
+        task.interrupted = false;
+        batch.notify(crate::bridge::READY_CHANNEL, queue);
+        batch.effect(
+            guard,
+            Effect::Publish(task_event(job, t, TaskEventKind::Queued, None, now)),
+        );
+    }
+
+    /// Applies a task change that a worker process committed: a claim, a
+    /// success, a failure or a scheduled retry. Stale and repeated updates
+    /// (older fencing token, same state) change nothing.
+    fn apply_remote(&mut self, update: RemoteTaskUpdate, batch: &mut Batch) {
+        let job_id = update.job_id;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let Some(t) = job.dag.plan.task_index(&update.task_id) else {
+            return;
+        };
+        let task = &mut job.tasks[t];
+        let newer = update.token > task.token || (update.token == task.token && update.status != task.status);
+        if !newer || !matches!(task.status, TaskStatus::Queued | TaskStatus::Running) {
+            return;
+        }
+        task.token = update.token;
+        task.attempt = update.attempt;
+        let task_id = Arc::clone(&job.dag.task_ids[t]);
+        let plan_task = &job.dag.plan.tasks()[t];
+        let attempt = update.attempt;
+        match update.status {
+            TaskStatus::Running | TaskStatus::Queued => task.status = update.status,
+            TaskStatus::UpForRetry => {
+                task.status = TaskStatus::UpForRetry;
+                let wait = update
+                    .next_attempt_at
+                    .and_then(|at| (at - Utc::now()).to_std().ok())
+                    .unwrap_or(Duration::ZERO);
+                if let Some(callback) = job.dag.callback(plan_task.on_retry.as_ref()) {
+                    let ctx =
+                        callback_context(job, Some(&task_id), CallbackEvent::Retry, attempt, update.error);
+                    batch.effect(Guard::Always, Effect::Callback(callback, ctx));
+                }
+                let token = update.token;
+                self.add_timer(
+                    Instant::now() + wait,
+                    Timer::Retry {
+                        job_id,
+                        task: t,
+                        token,
+                    },
+                );
+            }
+            TaskStatus::Success => {
+                task.status = TaskStatus::Success;
+                job.unfinished -= 1;
+                if let Some(callback) = job.dag.callback(plan_task.on_success.as_ref()) {
+                    let ctx = callback_context(job, Some(&task_id), CallbackEvent::Success, attempt, None);
+                    batch.effect(Guard::Always, Effect::Callback(callback, ctx));
+                }
+                self.propagate(job_id, t, TaskStatus::Success, batch);
+            }
+            TaskStatus::Failed => {
+                task.status = TaskStatus::Failed;
+                job.unfinished -= 1;
+                let message = update.error.unwrap_or_default();
+                if job.first_failure.is_none() {
+                    job.first_failure = Some(format!("task `{task_id}` failed: {message}"));
+                }
+                if let Some(callback) = job.dag.callback(plan_task.on_failure.as_ref()) {
+                    let ctx = callback_context(
+                        job,
+                        Some(&task_id),
+                        CallbackEvent::Failure,
+                        attempt,
+                        Some(message),
+                    );
+                    batch.effect(Guard::Always, Effect::Callback(callback, ctx));
+                }
+                self.propagate(job_id, t, TaskStatus::Failed, batch);
+            }
+            other => {
+                task.status = other;
+                if other.is_terminal() {
+                    job.unfinished -= 1;
+                }
+            }
+        }
+        self.maybe_finish(job_id, batch);
     }
 
     fn start_attempt(&mut self, job_id: JobId, t: usize, batch: &mut Batch) {
@@ -1213,7 +1448,11 @@ impl Scheduler {
                     }),
                     Guard::Always => None,
                 };
-                if let Some(job_id) = lost {
+                // In distributed mode workers write task rows too: a lost race
+                // there is expected and the polling fallback reconciles it.
+                if let Some(job_id) = lost
+                    && !self.config.remote_dispatch
+                {
                     self.detach_job(job_id);
                 }
                 continue;
@@ -1284,22 +1523,7 @@ impl Scheduler {
             upstream,
             cancellation.clone(),
         );
-        let handler = match &job.dag.handlers[t] {
-            Some(handler) => Arc::clone(handler),
-            None => {
-                let message = match &plan_task.kind {
-                    TaskKind::Local { handler } => {
-                        format!("no handler is registered under the name `{handler}`")
-                    }
-                    TaskKind::Shell { .. } => "shell tasks need a Unix system".to_owned(),
-                };
-                let handler: Handler = Arc::new(move |_| -> BoxFuture<TaskResult> {
-                    let message = message.clone();
-                    Box::pin(async move { Err(TaskError::fatal(message)) })
-                });
-                handler
-            }
-        };
+        let handler = job.dag.handler_at(t);
         let abort = runner::spawn(
             Attempt {
                 job_id,

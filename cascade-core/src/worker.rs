@@ -1,0 +1,449 @@
+//! The worker: claims queued tasks from PostgreSQL (one `FOR UPDATE SKIP
+//! LOCKED` statement, up to its free capacity), runs them on its runner pool
+//! under a lease that its heartbeat extends, and commits each outcome with a
+//! compare-and-set on the attempt's fencing token.
+//!
+//! A worker never decides what runs next: the job's scheduler does, from the
+//! outcomes workers commit. A worker that cannot reach the database stops
+//! claiming, and once its lease has surely lapsed it stops its attempts,
+//! because the reaper will have handed them to someone else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cascade_store::{
+    ClaimRequest, ClaimedTask, Notification, TaskAttempt, TaskChanges, TaskStatus, TaskTransition,
+    TransitionBatch, WorkerInfo,
+};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{self, DONE_CHANNEL};
+use crate::engine::{Cascade, Inner};
+use crate::events::{Event, TaskEvent, TaskEventKind, WorkerEvent, WorkerEventKind};
+use crate::runner::{self, Attempt, Completion, Outcome};
+use crate::scheduler::{Command, RegisteredDag, RemoteTaskUpdate, retry_decision};
+use crate::task::TaskContext;
+use crate::{DagId, JobId};
+
+/// A worker's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    pub(crate) queues: Vec<String>,
+    pub(crate) labels: Vec<String>,
+    pub(crate) capacity: usize,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) poll_interval: Duration,
+    /// How long a claim lasts without a heartbeat.
+    pub(crate) task_lease: Duration,
+    pub(crate) cancel_grace: Duration,
+}
+
+struct Running {
+    dag: Arc<RegisteredDag>,
+    task: usize,
+    token: i64,
+    attempt: u32,
+    started_at: DateTime<Utc>,
+    cancellation: CancellationToken,
+    abort: AbortHandle,
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(30))
+}
+
+/// Runs the worker until `stop` fires (then drains) or the engine is gone.
+pub(crate) async fn run_worker(
+    engine: Weak<Inner>,
+    config: WorkerConfig,
+    mut cancels: mpsc::UnboundedReceiver<JobId>,
+    stop: CancellationToken,
+    drained: tokio::sync::oneshot::Sender<()>,
+) {
+    let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
+        return;
+    };
+    let id = cascade.worker_id().to_owned();
+    let info = WorkerInfo {
+        id: id.clone(),
+        host: id.split(':').next().unwrap_or("localhost").to_owned(),
+        pid: i64::from(std::process::id()),
+        queues: config.queues.clone(),
+        labels: config.labels.clone(),
+        capacity: i32::try_from(config.capacity).unwrap_or(i32::MAX),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    if let Err(error) = cascade.store().register_worker(&info).await {
+        tracing::error!(%error, "could not register the worker; it will retry with its heartbeat");
+    }
+    cascade.publish(Event::Worker(WorkerEvent {
+        kind: WorkerEventKind::Joined,
+        worker: id.clone(),
+        timestamp: Utc::now(),
+    }));
+    tracing::info!(worker = %id, queues = ?config.queues, capacity = config.capacity, "worker started");
+    let wakeup = Arc::clone(cascade.inner());
+    drop(cascade);
+
+    let (reports, mut completions) = mpsc::channel::<Command>(1024);
+    let mut running: HashMap<(JobId, usize), Running> = HashMap::new();
+    let mut versions: HashMap<(DagId, i32), Arc<RegisteredDag>> = HashMap::new();
+    let mut last_heartbeat = Instant::now();
+    let mut database_ok = true;
+    let mut stopping = false;
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    let mut poll = tokio::time::interval(config.poll_interval);
+    let mut rng = Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64 | 1;
+    loop {
+        let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
+            return;
+        };
+        if !stopping && database_ok && running.len() < config.capacity {
+            match claim(&cascade, &config, &id, running.len(), &mut versions, &reports).await {
+                Ok(started) => {
+                    for (key, attempt) in started {
+                        running.insert(key, attempt);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "claiming failed; retrying after the next poll");
+                }
+            }
+        }
+        if stopping && running.is_empty() {
+            break;
+        }
+        drop(cascade);
+        tokio::select! {
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                tracing::info!(running = running.len(), "worker draining");
+            }
+            Some(command) = completions.recv() => {
+                if let Command::Completed(completion) = command
+                    && let Some(cascade) = engine.upgrade().map(Cascade::from_inner)
+                {
+                    let key = (completion.job_id, completion.task);
+                    if running.get(&key).is_some_and(|r| r.token == completion.token)
+                        && let Some(attempt) = running.remove(&key)
+                    {
+                        finish(&cascade, &id, attempt, completion, &mut rng).await;
+                    }
+                }
+            }
+            Some(job_id) = cancels.recv() => {
+                for ((job, _), attempt) in &running {
+                    if *job == job_id {
+                        attempt.cancellation.cancel();
+                        let abort = attempt.abort.clone();
+                        let grace = config.cancel_grace;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            abort.abort();
+                        });
+                    }
+                }
+            }
+            () = wakeup.worker_wakeup.notified() => {}
+            _ = poll.tick() => {}
+            _ = heartbeat.tick() => {
+                let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else { return };
+                let now = Utc::now();
+                match cascade.store().heartbeat_worker(&id, now, now + chrono(config.task_lease)).await {
+                    Ok(_) => {
+                        last_heartbeat = Instant::now();
+                        if !database_ok {
+                            tracing::info!("database reachable again; claiming resumes");
+                        }
+                        database_ok = true;
+                    }
+                    Err(error) if error.kind() == cascade_store::ErrorKind::NotFound => {
+                        // Declared lost while we were away: register again.
+                        let _ = cascade.store().register_worker(&info).await;
+                    }
+                    Err(error) => {
+                        database_ok = false;
+                        tracing::warn!(%error, "heartbeat failed; not claiming until the database answers");
+                        if last_heartbeat.elapsed() > config.task_lease && !running.is_empty() {
+                            tracing::error!(
+                                running = running.len(),
+                                "lease lapsed without a heartbeat; stopping attempts that others now own"
+                            );
+                            for (_, attempt) in running.drain() {
+                                attempt.cancellation.cancel();
+                                attempt.abort.abort();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cascade) = engine.upgrade().map(Cascade::from_inner) {
+        if let Err(error) = cascade.store().deregister_worker(&id).await {
+            tracing::warn!(%error, "could not deregister the worker");
+        }
+        cascade.publish(Event::Worker(WorkerEvent {
+            kind: WorkerEventKind::Left,
+            worker: id.clone(),
+            timestamp: Utc::now(),
+        }));
+    }
+    tracing::info!(worker = %id, "worker stopped");
+    let _ = drained.send(());
+}
+
+async fn claim(
+    cascade: &Cascade,
+    config: &WorkerConfig,
+    id: &str,
+    busy: usize,
+    versions: &mut HashMap<(DagId, i32), Arc<RegisteredDag>>,
+    reports: &mpsc::Sender<Command>,
+) -> crate::Result<Vec<((JobId, usize), Running)>> {
+    let dag_ids = cascade.registered_ids();
+    if dag_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let claimed = cascade
+        .store()
+        .claim_tasks(&ClaimRequest {
+            worker: id.to_owned(),
+            queues: config.queues.clone(),
+            dag_ids,
+            limit: i64::try_from(config.capacity - busy).unwrap_or(0),
+            now,
+            lease_until: now + chrono(config.task_lease),
+        })
+        .await?;
+    let mut started = Vec::with_capacity(claimed.len());
+    let mut announce = TransitionBatch::default();
+    for task in claimed {
+        match start(cascade, task, versions, reports, &mut announce).await {
+            Ok(Some(entry)) => started.push(entry),
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "could not start a claimed task; its lease will return it"),
+        }
+    }
+    if !announce.notifications.is_empty()
+        && let Err(error) = cascade.store().commit_transitions(&announce).await
+    {
+        tracing::warn!(%error, "could not announce claims; schedulers learn of them by polling");
+    }
+    Ok(started)
+}
+
+async fn start(
+    cascade: &Cascade,
+    claimed: ClaimedTask,
+    versions: &mut HashMap<(DagId, i32), Arc<RegisteredDag>>,
+    reports: &mpsc::Sender<Command>,
+    announce: &mut TransitionBatch,
+) -> crate::Result<Option<((JobId, usize), Running)>> {
+    let execution = claimed.execution;
+    let Some(current) = cascade.registered(claimed.dag_id) else {
+        return Ok(None);
+    };
+    let dag = match versions.get(&(claimed.dag_id, claimed.dag_version)) {
+        Some(dag) => Arc::clone(dag),
+        None => {
+            let dag = cascade.dag_for_version(&current, claimed.dag_version).await?;
+            versions.insert((claimed.dag_id, claimed.dag_version), Arc::clone(&dag));
+            dag
+        }
+    };
+    let Some(t) = dag.plan.task_index(&execution.task_id) else {
+        tracing::error!(task.id = %execution.task_id, "claimed a task its dag version does not have");
+        return Ok(None);
+    };
+    let plan_task = &dag.plan.tasks()[t];
+    let dependencies: Vec<String> = plan_task
+        .dependencies
+        .iter()
+        .map(|&d| plan_task_id(&dag, d))
+        .collect();
+    let upstream = cascade
+        .store()
+        .upstream_results(execution.job_id, &dependencies)
+        .await?
+        .into_iter()
+        .filter_map(|(task, result)| result.map(|r| (Arc::from(task.as_str()), Arc::new(r))))
+        .collect();
+    let attempt = u32::try_from(execution.attempt).unwrap_or(1).max(1);
+    let cancellation = CancellationToken::new();
+    let context = TaskContext::new(
+        execution.job_id,
+        claimed.dag_id,
+        Arc::clone(&dag.name),
+        Arc::clone(&dag.task_ids[t]),
+        attempt,
+        Arc::new(claimed.params),
+        upstream,
+        cancellation.clone(),
+    );
+    let handler = dag.handler_at(t);
+    let started_at = execution.started_at.unwrap_or_else(Utc::now);
+    let abort = runner::spawn(
+        Attempt {
+            job_id: execution.job_id,
+            task: t,
+            token: execution.fencing_token,
+            handler,
+            context,
+            timeout: plan_task.timeout,
+            cancellation: cancellation.clone(),
+        },
+        reports.clone(),
+    );
+    tracing::info!(job.id = %execution.job_id, task.id = %execution.task_id, attempt, token = execution.fencing_token, "task claimed and started");
+    let update = RemoteTaskUpdate {
+        job_id: execution.job_id,
+        task_id: execution.task_id.clone(),
+        token: execution.fencing_token,
+        attempt,
+        status: TaskStatus::Running,
+        error: None,
+        next_attempt_at: None,
+    };
+    announce.notifications.push(Notification {
+        channel: DONE_CHANNEL.to_owned(),
+        payload: bridge::done_payload(&update),
+    });
+    cascade.publish(Event::Task(TaskEvent {
+        kind: TaskEventKind::Started,
+        job_id: execution.job_id,
+        dag_id: claimed.dag_id,
+        task_id: execution.task_id,
+        status: TaskStatus::Running,
+        attempt,
+        error: None,
+        timestamp: started_at,
+    }));
+    Ok(Some((
+        (execution.job_id, t),
+        Running {
+            dag,
+            task: t,
+            token: execution.fencing_token,
+            attempt,
+            started_at,
+            cancellation,
+            abort,
+        },
+    )))
+}
+
+fn plan_task_id(dag: &RegisteredDag, index: usize) -> String {
+    dag.task_ids[index].to_string()
+}
+
+/// Commits an attempt's outcome if this worker still holds the task.
+async fn finish(cascade: &Cascade, worker: &str, attempt: Running, completion: Completion, rng: &mut u64) {
+    let Running {
+        dag,
+        task: t,
+        token,
+        attempt: number,
+        started_at,
+        ..
+    } = attempt;
+    let plan_task = &dag.plan.tasks()[t];
+    let task_id = dag.task_ids[t].to_string();
+    let job_id = completion.job_id;
+    let finished_at = completion.finished_at;
+    let (to, result, error, output, next_attempt_at) = match completion.outcome {
+        Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
+        Outcome::Failed(error) => {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let roll = (*rng >> 11) as f64 / (1u64 << 53) as f64;
+            let (to, next) = retry_decision(plan_task, &error, number, 0, finished_at, roll);
+            (
+                to,
+                None,
+                Some(error.message().to_owned()),
+                error.output().map(str::to_owned),
+                next,
+            )
+        }
+        // Stopped by a cancellation or a lapsed lease: the scheduler or the
+        // reaper settles the row.
+        Outcome::Aborted => return,
+    };
+    let update = RemoteTaskUpdate {
+        job_id,
+        task_id: task_id.clone(),
+        token,
+        attempt: number,
+        status: to,
+        error: error.clone(),
+        next_attempt_at,
+    };
+    let batch = TransitionBatch {
+        tasks: vec![TaskTransition {
+            job_id,
+            task_id: task_id.clone(),
+            from: TaskStatus::Running,
+            fencing_token: token,
+            to,
+            changes: TaskChanges {
+                result,
+                error: error.clone(),
+                completed_at: (to != TaskStatus::UpForRetry).then_some(finished_at),
+                next_attempt_at,
+                record_attempt: Some(TaskAttempt {
+                    job_id,
+                    task_id: task_id.clone(),
+                    attempt: number as i32,
+                    status: to,
+                    worker: Some(worker.to_owned()),
+                    error: error.clone(),
+                    output,
+                    started_at: Some(started_at),
+                    finished_at: Some(finished_at),
+                }),
+                ..TaskChanges::default()
+            },
+        }],
+        notifications: vec![Notification {
+            channel: DONE_CHANNEL.to_owned(),
+            payload: bridge::done_payload(&update),
+        }],
+        ..TransitionBatch::default()
+    };
+    match cascade.store().commit_transitions(&batch).await {
+        Ok(outcome) if outcome.tasks.first() == Some(&true) => {
+            let kind = match to {
+                TaskStatus::Success => TaskEventKind::Succeeded,
+                TaskStatus::UpForRetry => TaskEventKind::RetryScheduled,
+                _ => TaskEventKind::Failed,
+            };
+            tracing::info!(job.id = %job_id, task.id = %task_id, attempt = number, status = %to, "task finished");
+            cascade.publish(Event::Task(TaskEvent {
+                kind,
+                job_id,
+                dag_id: dag.record.id,
+                task_id,
+                status: to,
+                attempt: number,
+                error,
+                timestamp: finished_at,
+            }));
+        }
+        Ok(_) => tracing::warn!(
+            job.id = %job_id, task.id = %task_id, token,
+            "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
+        ),
+        Err(error) => tracing::error!(
+            job.id = %job_id, task.id = %task_id, %error,
+            "could not commit the outcome; the task returns to the queue when its lease lapses"
+        ),
+    }
+}
