@@ -284,13 +284,16 @@ impl CascadeBuilder {
             tokio::spawn(leases::keep_leases(weak.clone(), stop.clone()));
             tokio::spawn(cron::run_cron(weak.clone(), stop.clone()));
         }
-        if distributed {
+        if distributed && role != Role::Worker {
+            // Schedulers elect the one that fires cron ticks and reaps leases.
             tokio::spawn(leader::run_leader(
                 weak.clone(),
                 heartbeat_interval,
                 heartbeat_interval * 3,
                 stop.clone(),
             ));
+        }
+        if distributed {
             tokio::spawn(bridge::run_listener(weak.clone(), role, stop.clone()));
         }
         if let Some(outbox_rx) = outbox_rx {
@@ -551,8 +554,10 @@ impl Cascade {
         let registered = Arc::new(RegisteredDag::new(record.clone(), dag));
         self.registry_write().insert(record.id, Arc::clone(&registered));
         tracing::info!(dag.id = %record.id, version = record.version, "dag registered");
-        self.adopt_orphaned_jobs(&[record.id]).await?;
-        self.inner.cron_wakeup.notify_one();
+        if self.inner.role != Role::Worker {
+            self.adopt_orphaned_jobs(&[record.id]).await?;
+            self.inner.cron_wakeup.notify_one();
+        }
         Ok(record)
     }
 

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 pub mod crash;
+pub mod dist;
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;

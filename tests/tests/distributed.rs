@@ -1,0 +1,388 @@
+//! Distributed mode with real processes on one PostgreSQL database: a
+//! scheduler process and worker processes, workers killed with SIGKILL and
+//! frozen with SIGSTOP past their lease, load spread by capacity, events
+//! crossing processes, and cron surviving the loss of the leader.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade_core::{
+    Cascade, DagId, Error, Event, JobFilter, JobId, JobStatus, Role, TaskStatus, Topic, WorkerEventKind,
+};
+use cascade_tests::{dist, init_tracing, postgres_url, sqlite_url};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+struct Node {
+    child: Child,
+}
+
+impl Node {
+    fn start(role: &str, url: &str, capacity: usize, extra: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cascade-node"))
+            .args([role, url, &capacity.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a node process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read ready");
+        assert_eq!(line.trim(), "ready", "node did not start");
+        Node { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("cascade-dist-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The test's own engine: a worker of a queue nothing uses, so it only
+/// triggers jobs, reads the store and receives events.
+async fn client(url: &str) -> Cascade {
+    let cascade = Cascade::builder()
+        .database_url(url)
+        .role(Role::Worker)
+        .queues(["test-client-only"])
+        .capacity(1)
+        .build()
+        .await
+        .expect("client engine");
+    for width in [4, 40] {
+        cascade
+            .register_dag(dist::fan_dag(width))
+            .await
+            .expect("register");
+    }
+    cascade
+}
+
+async fn dag_id(cascade: &Cascade, name: &str) -> DagId {
+    cascade
+        .store()
+        .get_dag_by_name(name)
+        .await
+        .expect("dag")
+        .expect("registered")
+        .id
+}
+
+async fn wait_all(cascade: &Cascade, jobs: &[JobId], limit: Duration) {
+    let start = Instant::now();
+    for &job in jobs {
+        loop {
+            let status = cascade.store().get_job(job).await.expect("job").status;
+            if status.is_terminal() {
+                break;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "job {job} still {status} after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_and_frozen_lose_nothing() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("chaos");
+    let cascade = client(&db.url).await;
+    let mut worker_events = cascade.subscribe(Topic::Workers);
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let victim = Node::start("worker", &db.url, 4, &[]);
+    let sleeper = Node::start("worker", &db.url, 4, &[]);
+    let _steady = Node::start("worker", &db.url, 4, &[]);
+    let victim_pid = victim.pid();
+
+    let fan = dag_id(&cascade, "fan4").await;
+    let mut jobs = Vec::new();
+    for i in 0..200 {
+        let params = json!({ "dir": dir.display().to_string(), "sleep_ms": 30, "i": i });
+        jobs.push(
+            cascade
+                .trigger_job(fan, "test", params)
+                .await
+                .expect("trigger")
+                .id,
+        );
+    }
+    let effects = dir.join("effects.log");
+    let wait_effects = |n: usize| {
+        let effects = effects.clone();
+        async move {
+            let start = Instant::now();
+            while lines(&effects).len() < n {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "no progress past {n} effects"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_effects(200).await;
+    victim.sigkill();
+    wait_effects(500).await;
+    sleeper.signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sleeper.signal("-CONT");
+
+    wait_all(&cascade, &jobs, Duration::from_secs(120)).await;
+    for &job in &jobs {
+        let details = cascade.store().get_job_with_details(job).await.expect("job");
+        assert_eq!(
+            details.job.status,
+            JobStatus::Success,
+            "job {job}: {:?}",
+            details.job.error
+        );
+        assert!(details.tasks.iter().all(|t| t.status == TaskStatus::Success));
+    }
+    // Every task's side effect happened exactly once, even where the task ran twice.
+    let effects = lines(&effects);
+    let unique: HashSet<&String> = effects.iter().collect();
+    assert_eq!(
+        effects.len(),
+        200 * 6,
+        "side effects: {} (unique {})",
+        effects.len(),
+        unique.len()
+    );
+    assert_eq!(unique.len(), effects.len(), "a side effect happened twice");
+    let runs = lines(&dir.join("runs.log"));
+    assert!(runs.len() >= effects.len());
+    // The killed worker's tasks were returned to the queue by the reaper.
+    let mut requeued = 0;
+    for &job in &jobs {
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job)
+            .await
+            .expect("tasks");
+        requeued += tasks.iter().filter(|t| t.lost_count > 0).count();
+        assert!(
+            tasks.iter().all(|t| t.attempt == 1),
+            "infrastructure loss must not spend attempts"
+        );
+    }
+    assert!(requeued > 0, "no task was re-queued after the SIGKILL");
+
+    // Worker events crossed processes: three joined, the killed one was lost.
+    let mut joined = 0;
+    let mut lost_victim = false;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(300), worker_events.next()).await {
+        if let Event::Worker(e) = event {
+            match e.kind {
+                WorkerEventKind::Joined => joined += 1,
+                WorkerEventKind::Lost if e.worker.contains(&format!(":{victim_pid}:")) => lost_victim = true,
+                _ => {}
+            }
+        }
+    }
+    assert!(joined >= 3, "joined events seen: {joined}");
+    assert!(lost_victim, "the SIGKILLed worker was not reported lost");
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_spreads_by_capacity() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("balance");
+    let cascade = client(&db.url).await;
+    let mut job_events = cascade.subscribe(Topic::All);
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let workers = [
+        Node::start("worker", &db.url, 4, &[]),
+        Node::start("worker", &db.url, 4, &[]),
+    ];
+    let fan = dag_id(&cascade, "fan40").await;
+    let job = cascade
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 300 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    wait_all(&cascade, &[job], Duration::from_secs(60)).await;
+    assert_eq!(
+        cascade.store().get_job(job).await.expect("job").status,
+        JobStatus::Success
+    );
+
+    // Per worker, the most attempts that overlapped in time.
+    let mut spans: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for task in cascade
+        .store()
+        .list_task_executions_for_job(job)
+        .await
+        .expect("tasks")
+    {
+        for attempt in cascade
+            .store()
+            .list_task_attempts(job, &task.task_id)
+            .await
+            .expect("attempts")
+        {
+            let (Some(worker), Some(start), Some(end)) =
+                (attempt.worker, attempt.started_at, attempt.finished_at)
+            else {
+                panic!("attempt without worker or times");
+            };
+            spans
+                .entry(worker)
+                .or_default()
+                .push((start.timestamp_micros(), end.timestamp_micros()));
+        }
+    }
+    let pids: Vec<String> = workers.iter().map(|w| format!(":{}:", w.pid())).collect();
+    for pid in &pids {
+        let ran = spans
+            .iter()
+            .filter(|(w, _)| w.contains(pid.as_str()))
+            .map(|(_, s)| s.len())
+            .sum::<usize>();
+        assert!(ran >= 10, "worker {pid} ran only {ran} of 42 tasks: {spans:?}");
+    }
+    for (worker, spans) in &spans {
+        let mut edges: Vec<(i64, i32)> = spans.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+        edges.sort();
+        let (mut now, mut peak) = (0, 0);
+        for (_, delta) in edges {
+            now += delta;
+            peak = peak.max(now);
+        }
+        assert!(
+            peak <= 4,
+            "worker {worker} ran {peak} tasks at once with capacity 4"
+        );
+        assert!(
+            peak >= 2,
+            "worker {worker} was never busy with more than one task"
+        );
+    }
+    // The scheduler's job event reached this process.
+    let mut finished = false;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), job_events.next()).await {
+        if let Event::Job(e) = event
+            && e.job_id == job
+            && e.status == JobStatus::Success
+        {
+            finished = true;
+        }
+    }
+    assert!(finished, "the job's success event did not cross processes");
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_continues_when_the_leader_dies() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let first = Node::start("scheduler", &db.url, 4, &["cron"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = Node::start("scheduler", &db.url, 4, &["cron"]);
+    let _worker = Node::start("worker", &db.url, 4, &[]);
+    let cascade = client(&db.url).await;
+    cascade.register_dag(dist::cron_dag()).await.expect("register");
+    let cron = dag_id(&cascade, "heartbeat_cron").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The first scheduler took the leader lock first.
+    first.sigkill();
+    let killed_at = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let jobs = cascade
+        .store()
+        .list_jobs(JobFilter {
+            dag_id: Some(cron),
+            limit: 10_000,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("jobs");
+    let mut ticks: Vec<i64> = jobs
+        .iter()
+        .map(|j| {
+            j.params["scheduled_for"]
+                .as_str()
+                .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .expect("tick")
+                .timestamp()
+        })
+        .collect();
+    ticks.sort();
+    let distinct: HashSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            1,
+            "a tick was lost across the failover: {ticks:?}"
+        );
+    }
+    let last = *ticks.last().expect("ticks fired");
+    assert!(
+        last >= killed_at.timestamp() + 3,
+        "cron stopped with the leader (last tick {last}, killed at {killed_at})"
+    );
+    cascade.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn distributed_roles_need_postgres() {
+    let db = sqlite_url();
+    for role in [Role::Worker, Role::Scheduler] {
+        match Cascade::builder().database_url(&db.url).role(role).build().await {
+            Err(Error::Config { reason }) => assert!(reason.contains("PostgreSQL"), "{reason}"),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+}
