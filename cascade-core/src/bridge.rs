@@ -44,12 +44,12 @@ struct Shared {
 
 /// Listens until `stop` fires or the engine is gone, reconnecting with backoff.
 pub(crate) async fn run_listener(engine: Weak<Inner>, role: Role, stop: CancellationToken) {
-    let mut channels = vec![EVENTS_CHANNEL];
+    let mut channels = vec![EVENTS_CHANNEL, CANCEL_CHANNEL];
     if role != Role::Worker {
         channels.extend([DONE_CHANNEL, JOBS_CHANNEL]);
     }
     if role != Role::Scheduler {
-        channels.extend([READY_CHANNEL, CANCEL_CHANNEL]);
+        channels.push(READY_CHANNEL);
     }
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -102,7 +102,12 @@ async fn handle(cascade: &Cascade, notification: Notification) {
         READY_CHANNEL => inner.worker_wakeup.notify_one(),
         CANCEL_CHANNEL => {
             if let Ok(job_id) = notification.payload.parse::<JobId>() {
+                // Workers stop the job's attempts; the job's scheduler, if it
+                // is this engine, cancels the job.
                 let _ = inner.worker_cancels.send(job_id);
+                if cascade.role() != Role::Worker {
+                    cascade.cancel_if_active(job_id).await;
+                }
             }
         }
         DONE_CHANNEL => match serde_json::from_str::<RemoteTaskUpdate>(&notification.payload) {

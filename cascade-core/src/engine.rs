@@ -857,7 +857,49 @@ impl Cascade {
         match answer.await.unwrap_or(CancelReply::NotActive) {
             CancelReply::Cancelled => Ok(()),
             CancelReply::AlreadyFinished(status) => Err(Error::JobAlreadyFinished { job_id, status }),
-            CancelReply::NotActive => self.cancel_in_store(job_id).await,
+            CancelReply::NotActive => self.cancel_elsewhere(job_id).await,
+        }
+    }
+
+    /// Cancels a job this engine runs, for a request that came from another node.
+    pub(crate) async fn cancel_if_active(&self, job_id: JobId) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Cancel { job_id, reply }).await.is_ok() {
+            // The requester watches the store; nothing to report back here.
+            drop(answer);
+        }
+    }
+
+    /// Cancels a job this engine does not run: asks its owner if another live
+    /// engine owns it, and otherwise cancels it in the store directly.
+    async fn cancel_elsewhere(&self, job_id: JobId) -> Result<()> {
+        let job = self.get_job(job_id).await?;
+        let now = Utc::now();
+        let owned_elsewhere = job.owner.as_deref().is_some_and(|o| o != self.inner.worker_id)
+            && job.lease_expires_at.is_some_and(|lease| lease > now)
+            && self.inner.store.backend() == Backend::Postgres;
+        if !owned_elsewhere || job.status.is_terminal() {
+            return self.cancel_in_store(job_id).await;
+        }
+        self.inner
+            .store
+            .notify(bridge::CANCEL_CHANNEL, &job_id.to_string())
+            .await?;
+        // The owner cancels within its grace period; wait for the stored outcome.
+        let deadline = tokio::time::Instant::now() + self.inner.lease + DEFAULT_CANCEL_GRACE * 2;
+        loop {
+            let job = self.get_job(job_id).await?;
+            match job.status {
+                JobStatus::Cancelled => return Ok(()),
+                status @ (JobStatus::Success | JobStatus::Failed) => {
+                    return Err(Error::JobAlreadyFinished { job_id, status });
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    // The owner did not answer: it is gone or stuck.
+                    return self.cancel_in_store(job_id).await;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
         }
     }
 

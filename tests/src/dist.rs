@@ -31,7 +31,15 @@ async fn step(ctx: TaskContext) -> TaskResult {
         &dir.join("runs.log"),
         &format!("{} {} {}", std::process::id(), ctx.job_id(), ctx.task_id()),
     )?;
-    let sleep_ms = ctx.params()["sleep_ms"].as_u64().unwrap_or(0);
+    let key = if ctx.task_id().starts_with("part") {
+        "part_sleep_ms"
+    } else {
+        "sleep_ms"
+    };
+    let sleep_ms = ctx.params()[key]
+        .as_u64()
+        .or_else(|| ctx.params()["sleep_ms"].as_u64())
+        .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
     // The side effect, exactly once per task execution.
     let ledger = dir.join("ledger");

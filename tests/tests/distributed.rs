@@ -386,3 +386,69 @@ async fn distributed_roles_need_postgres() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_another_node() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("cancel");
+    let cascade = client(&db.url).await;
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let _worker = Node::start("worker", &db.url, 4, &[]);
+    let fan = dag_id(&cascade, "fan40").await;
+    let job = cascade
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 60_000 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    // Wait until the parts are running on the worker.
+    let start = Instant::now();
+    loop {
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job)
+            .await
+            .expect("tasks");
+        if tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running && t.task_id.starts_with("part"))
+            .count()
+            == 4
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "parts never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cascade
+        .cancel_job(job)
+        .await
+        .expect("cancel from a node that does not own the job");
+    let details = cascade.store().get_job_with_details(job).await.expect("job");
+    assert_eq!(details.job.status, JobStatus::Cancelled);
+    assert!(
+        details.tasks.iter().all(|t| t.status.is_terminal()),
+        "unfinished tasks after cancel: {:?}",
+        details
+            .tasks
+            .iter()
+            .filter(|t| !t.status.is_terminal())
+            .map(|t| (&t.task_id, t.status))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        details
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Cancelled)
+            .count(),
+        41
+    );
+    cascade.cancel_job(job).await.expect("cancelling again is ok");
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
