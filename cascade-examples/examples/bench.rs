@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p cascade-examples --example bench -- \
 //!     --backend sqlite|postgres --scenario chain|fanout|etl|validate --size N \
-//!     [--jobs J] [--task-ms M] [--workers W] [--repeat R]
+//!     [--jobs J] [--task-ms M] [--workers W] [--repeat R] [--distributed-workers K]
 //! ```
 //!
 //! - `chain`: N tasks in a line. `fanout`: 1 → N → 1 (N + 2 tasks). Both are
@@ -13,20 +13,32 @@
 //! - `etl`: the 4-task ETL DAG of `cascade_examples::etl`, J concurrent jobs.
 //! - `validate`: builds an N-task JSON IR and parses + validates + sorts it;
 //!   nothing runs and no database is opened.
+//! - `--distributed-workers K` (PostgreSQL only): this process runs the engine
+//!   as `Role::Scheduler` and starts K copies of itself as worker processes
+//!   (the hidden `--worker-mode <url> <capacity|default>` entry: registers the
+//!   same DAG, prints `ready`, runs until SIGTERM), each with `--workers`
+//!   capacity (default: the engine's default). The line then also reports the
+//!   CPU time of the scheduler, of every worker and of PostgreSQL during the
+//!   run (`/proc/<pid>/stat` utime + stime), the machine's busy CPU
+//!   (`/proc/stat`) and the database's commits (`pg_stat_database`). The
+//!   workers get SIGTERM after every run (SIGKILL if they have not exited 10 s
+//!   later).
 //!
 //! Every run opens a fresh database: a new temporary SQLite file, or on
 //! PostgreSQL a database `bench_<pid>_<n>` created on the server named by
 //! `DATABASE_URL` (default `postgres://root@127.0.0.1:5432/test`) with `psql`
 //! and dropped afterwards. See BENCHMARKS.md for what each field measures.
 
+use std::collections::HashMap;
 use std::error::Error;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_core::{Cascade, Dag, JobStatus, TaskContext, TaskResult};
+use cascade_core::{Cascade, Dag, JobStatus, Role, TaskContext, TaskResult};
 use cascade_examples::etl;
 use serde_json::{Value, json};
 
@@ -34,7 +46,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 
 const DEFAULT_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
 const USAGE: &str = "usage: bench --backend sqlite|postgres --scenario chain|fanout|etl|validate \
-                     --size N [--jobs J] [--task-ms M] [--workers W] [--repeat R]";
+                     --size N [--jobs J] [--task-ms M] [--workers W] [--repeat R] \
+                     [--distributed-workers K]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -79,6 +92,10 @@ struct Args {
     task_ms: u64,
     workers: Option<usize>,
     repeat: usize,
+    /// Worker processes to start (PostgreSQL only); this process schedules.
+    distributed_workers: Option<usize>,
+    /// Hidden: run as a worker process on this database with this capacity.
+    worker_mode: Option<(String, Option<usize>)>,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -89,6 +106,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut task_ms = 0;
     let mut workers = None;
     let mut repeat = 1;
+    let mut distributed_workers = None;
+    let mut worker_mode = None;
     fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
         let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
         value
@@ -123,6 +142,15 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--task-ms" => task_ms = number(&flag, argv.next())?,
             "--workers" => workers = Some(number(&flag, argv.next())?),
             "--repeat" => repeat = number(&flag, argv.next())?,
+            "--distributed-workers" => distributed_workers = Some(number(&flag, argv.next())?),
+            "--worker-mode" => {
+                let url = argv.next().ok_or("--worker-mode needs <url> <capacity>")?;
+                let capacity = match argv.next().as_deref() {
+                    Some("default") => None,
+                    value => Some(number(&flag, value.map(str::to_owned))?),
+                };
+                worker_mode = Some((url, capacity));
+            }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -136,6 +164,14 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     if jobs == 0 || repeat == 0 {
         return Err("--jobs and --repeat must be at least 1".to_owned());
     }
+    if let Some(k) = distributed_workers {
+        if k == 0 {
+            return Err("--distributed-workers must be at least 1".to_owned());
+        }
+        if backend != Backend::Postgres || scenario == Scenario::Validate {
+            return Err("--distributed-workers needs --backend postgres and an engine scenario".to_owned());
+        }
+    }
     Ok(Args {
         backend,
         scenario,
@@ -144,6 +180,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         task_ms,
         workers,
         repeat,
+        distributed_workers,
+        worker_mode,
     })
 }
 
@@ -308,19 +346,26 @@ impl Recorder {
     /// minus the end of its last-finishing dependency's handler, in µs.
     /// `deps[i]` are the slots task slot `i` depends on. Returns (µs, slot).
     fn dispatch_us(&self, deps: &[Vec<usize>]) -> Vec<(f64, usize)> {
-        let mut out = Vec::new();
-        for (slot, deps) in deps.iter().enumerate() {
-            let start = self.start[slot].load(Ordering::Relaxed);
-            let last_dep = deps.iter().map(|&d| self.end[d].load(Ordering::Relaxed)).max();
-            if let Some(last_dep) = last_dep
-                && start != 0
-                && last_dep != 0
-            {
-                out.push(((start as f64 - last_dep as f64) / 1000.0, slot));
-            }
-        }
-        out
+        let load =
+            |cells: &[AtomicU64]| -> Vec<u64> { cells.iter().map(|c| c.load(Ordering::Relaxed)).collect() };
+        dispatch_us(&load(&self.start), &load(&self.end), deps)
     }
+}
+
+/// Dispatch latency from start and end times by slot (ns, 0 = unknown).
+fn dispatch_us(start: &[u64], end: &[u64], deps: &[Vec<usize>]) -> Vec<(f64, usize)> {
+    let mut out = Vec::new();
+    for (slot, deps) in deps.iter().enumerate() {
+        let start = start.get(slot).copied().unwrap_or(0);
+        let last_dep = deps.iter().map(|&d| end.get(d).copied().unwrap_or(0)).max();
+        if let Some(last_dep) = last_dep
+            && start != 0
+            && last_dep != 0
+        {
+            out.push(((start as f64 - last_dep as f64) / 1000.0, slot));
+        }
+    }
+    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Value {
@@ -425,6 +470,298 @@ fn ir_from(name: &str, deps: &[Vec<usize>]) -> String {
     json!({ "ir_version": 1, "name": name, "tasks": tasks }).to_string()
 }
 
+/// The scenario's DAG with its handlers, and the dependency lists by
+/// recorder slot. `shape` is the chain or fanout IR (built beforehand so it
+/// is outside the memory baseline).
+fn build_dag(
+    args: &Args,
+    shape: Option<(String, Vec<Vec<usize>>)>,
+    recorder: &Arc<Recorder>,
+    jobs: usize,
+) -> Result<(Dag, Vec<Vec<usize>>), BoxError> {
+    Ok(match args.scenario {
+        Scenario::Chain | Scenario::Fanout => {
+            let (ir, deps) = shape.ok_or("no DAG shape")?;
+            let dag = with_shared_handler(Dag::from_ir_json(&ir)?, recorder, args.task_ms);
+            (dag, deps)
+        }
+        Scenario::Etl => {
+            let base = etl::etl_pipeline();
+            let mut dag = Dag::from_ir_json(base.ir_json())?;
+            let ir: Value = serde_json::from_str(base.ir_json())?;
+            for task in ir["tasks"].as_array().into_iter().flatten() {
+                let (Some(id), Some(handler)) = (task["id"].as_str(), task["handler"].as_str()) else {
+                    return Err(format!("ETL task {task} has no handler").into());
+                };
+                let handler = handler.to_owned();
+                dag = match id {
+                    "extract" => dag.with_handler(handler, timed_etl(recorder, 0, etl::extract)),
+                    "transform" => dag.with_handler(handler, timed_etl(recorder, 1, etl::transform)),
+                    "load" => dag.with_handler(handler, timed_etl(recorder, 2, etl::load)),
+                    "notify" => dag.with_handler(handler, timed_etl(recorder, 3, etl::notify)),
+                    other => return Err(format!("unexpected ETL task {other}").into()),
+                };
+            }
+            // Slot j*4 + p depends on j*4 + p-1: extract → transform → load → notify.
+            let deps = (0..jobs * 4)
+                .map(|s| if s % 4 == 0 { vec![] } else { vec![s - 1] })
+                .collect();
+            (dag, deps)
+        }
+        Scenario::Validate => return Err("validate runs no engine".into()),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Distributed mode: worker processes and CPU accounting
+// ---------------------------------------------------------------------------
+
+/// Clock ticks per second of /proc/<pid>/stat and /proc/stat (`getconf
+/// CLK_TCK`; 100 on Linux unless told otherwise).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (comm, utime + stime in ticks) of a process, from /proc/<pid>/stat.
+fn proc_cpu(pid: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    // Fields after the command: state (3), ppid (4), … utime (14), stime (15).
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// CPU ticks of every `postgres` process on this machine, by pid.
+fn postgres_cpu() -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.bytes().all(|b| b.is_ascii_digit())
+            && let Some((comm, ticks)) = proc_cpu(&name)
+            && comm == "postgres"
+        {
+            out.insert(name, ticks);
+        }
+    }
+    out
+}
+
+/// (busy, total) ticks of all CPUs from the first line of /proc/stat; idle
+/// and iowait count as not busy.
+fn system_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// A snapshot of the CPU time of the bench's processes, PostgreSQL and the
+/// machine.
+struct CpuSnapshot {
+    scheduler: u64,
+    workers: Vec<u64>,
+    postgres: HashMap<String, u64>,
+    system: Option<(u64, u64)>,
+}
+
+impl CpuSnapshot {
+    fn take(workers: &[WorkerProcess]) -> Self {
+        CpuSnapshot {
+            scheduler: proc_cpu("self").map_or(0, |(_, t)| t),
+            workers: workers
+                .iter()
+                .map(|w| proc_cpu(&w.child.id().to_string()).map_or(0, |(_, t)| t))
+                .collect(),
+            postgres: postgres_cpu(),
+            system: system_cpu(),
+        }
+    }
+
+    /// The CPU used between `before` and `self`, in ms, as JSON fields.
+    fn since(&self, before: &CpuSnapshot, wall: Duration) -> Value {
+        let tick_ms = 1000.0 / clock_ticks();
+        let to_ms = |ticks: u64| round2(ticks as f64 * tick_ms);
+        let workers: Vec<f64> = self
+            .workers
+            .iter()
+            .zip(&before.workers)
+            .map(|(after, before)| to_ms(after.saturating_sub(*before)))
+            .collect();
+        // Backends that started during the run count from zero; those that
+        // ended are lost (the pools keep their connections, so there are few).
+        let postgres: u64 = self
+            .postgres
+            .iter()
+            .map(|(pid, after)| after.saturating_sub(before.postgres.get(pid).copied().unwrap_or(0)))
+            .sum();
+        let wall_ms = wall.as_secs_f64() * 1000.0;
+        let (busy, capacity) = match (self.system, before.system) {
+            (Some((busy, total)), Some((busy0, total0))) => {
+                (json!(to_ms(busy - busy0)), json!(to_ms(total - total0)))
+            }
+            _ => (Value::Null, Value::Null),
+        };
+        json!({
+            "cpu_scheduler_ms": to_ms(self.scheduler.saturating_sub(before.scheduler)),
+            "cpu_workers_ms": workers,
+            "cpu_postgres_ms": to_ms(postgres),
+            // All CPUs of the machine, including other sessions' load.
+            "cpu_system_busy_ms": busy,
+            "cpu_system_total_ms": capacity,
+            "cpu_wall_ms": round2(wall_ms),
+        })
+    }
+}
+
+/// A worker process: this binary in `--worker-mode`.
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn start(args: &Args, url: &str) -> Result<Self, BoxError> {
+        let exe = std::env::current_exe()?;
+        let capacity = args.workers.map_or("default".to_owned(), |w| w.to_string());
+        let mut child = Command::new(exe)
+            .args(["--worker-mode", url, &capacity])
+            .args(["--backend", "postgres", "--scenario", args.scenario.name()])
+            .args(["--size", &args.size.to_string()])
+            .args(["--jobs", &args.jobs.to_string()])
+            .args(["--task-ms", &args.task_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting a worker process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        // A worker that dies before `ready` closes its stdout: EOF.
+        let ready = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break false;
+            }
+            if line.trim() == "ready" {
+                break true;
+            }
+        };
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("a worker process exited before it was ready".into());
+        }
+        // Whatever it prints later (logs with RUST_LOG) is drained.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        Ok(WorkerProcess { child })
+    }
+
+    /// SIGTERM (a graceful drain), then SIGKILL if it is still there 10 s later.
+    /// Returns how the process ended.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return "killed (SIGKILL after 10 s)".to_owned();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Only reached when `stop` was not (an error path): do not leak it.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// psql's single value for a query (`-A -t`).
+fn psql_value(url: &str, sql: &str) -> Option<String> {
+    let output = Command::new("psql")
+        .args([url, "-X", "-A", "-t", "-q", "-c", sql])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Committed transactions of database `name` so far (`pg_stat_database`).
+fn xact_commits(admin_url: &str, name: &str) -> Option<i64> {
+    psql_value(
+        admin_url,
+        &format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{name}'"),
+    )?
+    .parse()
+    .ok()
+}
+
+/// Waits (up to 3 s) until no session is connected to database `name`, so
+/// that every backend has flushed its statistics (an idle backend may hold
+/// them for 10 s; an exiting one flushes them).
+fn wait_disconnected(admin_url: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let sessions = psql_value(
+            admin_url,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"),
+        );
+        if sessions.as_deref() == Some("0") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The hidden `--worker-mode <url> <capacity>` entry: a worker process that
+/// registers the scenario's DAG, prints `ready` and runs until SIGTERM.
+async fn run_worker(args: &Args, url: &str, capacity: Option<usize>) -> Result<(), BoxError> {
+    let mut builder = Cascade::builder()
+        .database_url(url)
+        .role(Role::Worker)
+        .shutdown_timeout(Duration::from_secs(5));
+    if let Some(capacity) = capacity {
+        builder = builder.capacity(capacity);
+    }
+    let cascade = builder.build().await?;
+    let shape = match args.scenario {
+        Scenario::Chain => Some(chain_ir(args.size)),
+        Scenario::Fanout => Some(fanout_ir(args.size)),
+        _ => None,
+    };
+    // Handlers here are timed into a recorder nobody reads: the scheduler
+    // measures dispatch from the store's timestamps.
+    let (dag, _) = build_dag(args, shape, &Recorder::new(0), args.jobs)?;
+    cascade.register_dag(dag).await?;
+    println!("ready");
+    cascade.run_until_shutdown().await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------
@@ -489,7 +826,13 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
         Scenario::Validate => unreachable!("validate runs no engine"),
     };
     let setup_started = Instant::now();
-    let mut builder = Cascade::builder().database_url(url);
+    let mut builder = Cascade::builder().database_url(url.clone());
+    if args.distributed_workers.is_some() {
+        // Queues ready tasks for the worker processes and runs none; its
+        // `workers()` resolves to the capacity the workers get (same flag,
+        // same environment).
+        builder = builder.role(Role::Scheduler);
+    }
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
@@ -510,37 +853,7 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
     let peak_reset = reset_peak_rss();
     let rss_empty = proc_status_kb("VmRSS");
 
-    let (dag, deps) = match args.scenario {
-        Scenario::Chain | Scenario::Fanout => {
-            let (ir, deps) = shape.ok_or("no DAG shape")?;
-            let dag = with_shared_handler(Dag::from_ir_json(&ir)?, &recorder, args.task_ms);
-            (dag, deps)
-        }
-        Scenario::Etl => {
-            let base = etl::etl_pipeline();
-            let mut dag = Dag::from_ir_json(base.ir_json())?;
-            let ir: Value = serde_json::from_str(base.ir_json())?;
-            for task in ir["tasks"].as_array().into_iter().flatten() {
-                let (Some(id), Some(handler)) = (task["id"].as_str(), task["handler"].as_str()) else {
-                    return Err(format!("ETL task {task} has no handler").into());
-                };
-                let handler = handler.to_owned();
-                dag = match id {
-                    "extract" => dag.with_handler(handler, timed_etl(&recorder, 0, etl::extract)),
-                    "transform" => dag.with_handler(handler, timed_etl(&recorder, 1, etl::transform)),
-                    "load" => dag.with_handler(handler, timed_etl(&recorder, 2, etl::load)),
-                    "notify" => dag.with_handler(handler, timed_etl(&recorder, 3, etl::notify)),
-                    other => return Err(format!("unexpected ETL task {other}").into()),
-                };
-            }
-            // Slot j*4 + p depends on j*4 + p-1: extract → transform → load → notify.
-            let deps = (0..jobs * 4)
-                .map(|s| if s % 4 == 0 { vec![] } else { vec![s - 1] })
-                .collect();
-            (dag, deps)
-        }
-        Scenario::Validate => unreachable!(),
-    };
+    let (dag, deps) = build_dag(args, shape, &recorder, jobs)?;
     let record = cascade.register_dag(dag).await?;
     let setup = setup_started.elapsed();
     // Parsing and registering the DAG has its own peak; reset again so the
@@ -549,15 +862,29 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
     let peak_reset = peak_reset && reset_peak_rss();
     let rss_registered = proc_status_kb("VmRSS");
 
+    // Distributed: the worker processes, started once the DAG is stored.
+    let mut processes = Vec::new();
+    for _ in 0..args.distributed_workers.unwrap_or(0) {
+        processes.push(WorkerProcess::start(args, &url)?);
+    }
+    let (commits_before, cpu_before) = match &db {
+        FreshDb::Postgres { admin_url, name } if !processes.is_empty() => {
+            (xact_commits(admin_url, name), Some(CpuSnapshot::take(&processes)))
+        }
+        _ => (None, None),
+    };
+
     // Timed: trigger → wait_for_job returns (for every job).
     let started = Instant::now();
     let mut trigger_time = Duration::ZERO;
     let mut statuses = Vec::with_capacity(jobs);
+    let mut job_ids = Vec::with_capacity(jobs);
     if jobs == 1 {
         let job = cascade
             .trigger_job(record.id, "bench", json!({ "slot": 0 }))
             .await?;
         trigger_time = started.elapsed();
+        job_ids.push(job.id);
         statuses.push(cascade.wait_for_job(job.id).await?.status);
     } else {
         let mut handles = Vec::with_capacity(jobs);
@@ -568,25 +895,72 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
                 let job = cascade
                     .trigger_job(dag_id, "bench", json!({ "slot": slot, "environment": "bench" }))
                     .await?;
-                cascade.wait_for_job(job.id).await.map(|job| job.status)
+                cascade.wait_for_job(job.id).await.map(|job| (job.id, job.status))
             }));
         }
         for handle in handles {
-            statuses.push(handle.await??);
+            let (id, status) = handle.await??;
+            job_ids.push(id);
+            statuses.push(status);
         }
     }
     let wall = started.elapsed();
     let peak_kb = proc_status_kb("VmHWM");
+    let cpu = cpu_before.map(|before| CpuSnapshot::take(&processes).since(&before, wall));
+
+    // Distributed: handlers ran in other processes, so dispatch comes from
+    // the store's timestamps (task started_at = claimed by a worker,
+    // completed_at = its handler's end), and so does who ran what.
+    let mut store_times: Option<(Vec<u64>, Vec<u64>)> = None;
+    let mut tasks_by_worker: HashMap<String, usize> = HashMap::new();
+    if !processes.is_empty() {
+        let mut start = vec![0; task_count * jobs];
+        let mut end = vec![0; task_count * jobs];
+        let ns = |t: Option<i64>| t.map_or(0, |n| n.max(0) as u64);
+        for (job_slot, job_id) in job_ids.iter().enumerate() {
+            for task in cascade.store().list_task_executions_for_job(*job_id).await? {
+                let slot = match args.scenario {
+                    Scenario::Etl => {
+                        let position = ["extract", "transform", "load", "notify"]
+                            .iter()
+                            .position(|id| *id == task.task_id)
+                            .unwrap_or(usize::MAX);
+                        job_slot.saturating_mul(4).saturating_add(position)
+                    }
+                    _ => slot_of(&task.task_id),
+                };
+                if slot < start.len() {
+                    start[slot] = ns(task.started_at.and_then(|t| t.timestamp_nanos_opt()));
+                    end[slot] = ns(task.completed_at.and_then(|t| t.timestamp_nanos_opt()));
+                }
+                *tasks_by_worker
+                    .entry(task.worker.unwrap_or_else(|| "-".to_owned()))
+                    .or_default() += 1;
+            }
+        }
+        store_times = Some((start, end));
+    }
+    let worker_exits: Vec<String> = processes.into_iter().map(WorkerProcess::stop).collect();
 
     cascade.shutdown().await?;
     drop(cascade);
+    let commits = match (&db, commits_before) {
+        (FreshDb::Postgres { admin_url, name }, Some(before)) => {
+            wait_disconnected(admin_url, name);
+            xact_commits(admin_url, name).map(|after| after - before)
+        }
+        _ => None,
+    };
     db.remove();
 
     if let Some(bad) = statuses.iter().find(|s| **s != JobStatus::Success) {
         return Err(format!("a job ended {bad}, not success").into());
     }
 
-    let latencies = recorder.dispatch_us(&deps);
+    let latencies = match &store_times {
+        Some((start, end)) => dispatch_us(start, end, &deps),
+        None => recorder.dispatch_us(&deps),
+    };
     let slowest = latencies
         .iter()
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -618,6 +992,23 @@ async fn run_engine(args: &Args, run: usize) -> Result<Value, BoxError> {
         "rss_empty_engine_mb": mb(rss_empty),
         "rss_registered_mb": mb(rss_registered),
     });
+    if let Some(k) = args.distributed_workers {
+        // `workers` is then each worker process's capacity; dispatch is from
+        // the store's timestamps (ms-precise clocks of one machine).
+        result["distributed_workers"] = json!(k);
+        result["dispatch_source"] = json!("store");
+        let mut by_worker: Vec<usize> = tasks_by_worker.into_values().collect();
+        by_worker.sort_unstable_by(|a, b| b.cmp(a));
+        result["tasks_by_worker"] = json!(by_worker);
+        result["worker_exits"] = json!(worker_exits);
+        if let Some(cpu) = cpu
+            && let (Value::Object(fields), Value::Object(line)) = (cpu, &mut result)
+        {
+            line.extend(fields);
+        }
+        result["commits"] = json!(commits);
+        result["commits_per_sec"] = json!(commits.map(|c| round2(c as f64 / wall.as_secs_f64())));
+    }
     // Memory per queued task: the rise of the peak RSS during the job over
     // the engine with the DAG registered, per task; and the peak of parsing
     // and registering the DAG over the empty engine, per task. Meaningful for
@@ -653,6 +1044,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some((url, capacity)) = args.worker_mode.clone() {
+        if let Err(error) = runtime.block_on(run_worker(&args, &url, capacity)) {
+            eprintln!("bench worker: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut failed = false;
     for run in 0..args.repeat {
         let result = if args.scenario == Scenario::Validate {
