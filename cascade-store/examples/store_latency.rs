@@ -12,11 +12,14 @@
 use std::time::{Duration, Instant};
 
 use cascade_store::{
-    JobId, JobStatus, NewDag, NewJob, NewTask, Store, TaskChanges, TaskStatus, TaskTransition,
-    TransitionBatch,
+    JobId, JobStatus, NewDag, NewJob, NewTask, Notification, Store, TaskAttempt, TaskChanges, TaskStatus,
+    TaskTransition, TransitionBatch,
 };
 
 const SINGLE_ROUNDS: usize = 500;
+/// Scheduler-like turns: `TURN_WIDTH` running tasks finish (`success`, with
+/// an attempt record) and as many pending ones start (`running`).
+const TURN_ROUNDS: usize = 300;
 const BATCH_SIZE: usize = 1_000;
 const BATCH_ROUNDS: usize = 5;
 
@@ -67,6 +70,93 @@ async fn new_job(store: &Store, n_tasks: usize) -> Result<JobId, cascade_store::
     Ok(job.job.id)
 }
 
+/// A finishing transition with its attempt record, as the scheduler commits it.
+fn finish(job: JobId, task: usize) -> TaskTransition {
+    let now = chrono::Utc::now();
+    TaskTransition {
+        job_id: job,
+        task_id: format!("t{task}"),
+        from: TaskStatus::Running,
+        fencing_token: 0,
+        to: TaskStatus::Success,
+        changes: TaskChanges {
+            result: Some(serde_json::Value::Null),
+            completed_at: Some(now),
+            record_attempt: Some(TaskAttempt {
+                job_id: job,
+                task_id: format!("t{task}"),
+                attempt: 1,
+                status: TaskStatus::Success,
+                worker: None,
+                error: None,
+                output: Some("null".into()),
+                started_at: Some(now),
+                finished_at: Some(now),
+            }),
+            ..TaskChanges::default()
+        },
+    }
+}
+
+/// A starting transition, as the scheduler commits it.
+fn start(job: JobId, task: usize) -> TaskTransition {
+    TaskTransition {
+        changes: TaskChanges {
+            attempt: Some(1),
+            started_at: Some(chrono::Utc::now()),
+            ..TaskChanges::default()
+        },
+        ..transition(job, task, TaskStatus::Pending, TaskStatus::Running)
+    }
+}
+
+/// `TURN_ROUNDS` commits of `width` finishing + `width` starting transitions
+/// (plus one notification when `notify`); prints the latency distribution.
+async fn measure_turns(
+    label: &str,
+    store: &Store,
+    width: usize,
+    notify: bool,
+) -> Result<(), cascade_store::StoreError> {
+    let job = new_job(store, (TURN_ROUNDS + 1) * width).await?;
+    let first = TransitionBatch {
+        tasks: (0..width).map(|task| start(job, task)).collect(),
+        jobs: Vec::new(),
+        notifications: Vec::new(),
+    };
+    store.commit_transitions(&first).await?;
+    let mut samples = Vec::with_capacity(TURN_ROUNDS);
+    for round in 0..TURN_ROUNDS {
+        let base = round * width;
+        let batch = TransitionBatch {
+            tasks: (base..base + width)
+                .map(|task| finish(job, task))
+                .chain((base + width..base + 2 * width).map(|task| start(job, task)))
+                .collect(),
+            jobs: Vec::new(),
+            notifications: if notify {
+                vec![Notification::new("cascade_latency", "turn")]
+            } else {
+                Vec::new()
+            },
+        };
+        let started = Instant::now();
+        let outcome = store.commit_transitions(&batch).await?;
+        samples.push(started.elapsed());
+        assert!(outcome.tasks.iter().all(|won| *won));
+    }
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    let n = 2 * width;
+    let with = if notify { " + notify" } else { "" };
+    println!(
+        "{label}: turn of {n} ({width} with attempts){with} x{TURN_ROUNDS}: mean {mean:?}, p50 {:?}, p99 {:?}",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    );
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
@@ -93,6 +183,10 @@ async fn measure(label: &str, url: &str) -> Result<(), cascade_store::StoreError
         percentile(&samples, 0.5),
         percentile(&samples, 0.99)
     );
+
+    measure_turns(label, &store, 1, false).await?;
+    measure_turns(label, &store, 4, false).await?;
+    measure_turns(label, &store, 4, true).await?;
 
     // Batches: BATCH_SIZE transitions in one commit_transitions call.
     let mut batch_times = Vec::with_capacity(BATCH_ROUNDS);

@@ -866,12 +866,8 @@ impl Store {
         match &self.inner.pools {
             Pools::Pg(pool) => {
                 let mut conn = self.checkout_pg(pool).await?;
-                let conn: &mut AsyncPgConnection = &mut conn;
-                let (tasks, jobs) = (&tasks, &jobs);
-                conn.transaction(async |c: &mut AsyncPgConnection| -> Result<_> {
-                    crate::batch::pg_apply(c, tasks, jobs, notifications).await
-                })
-                .await
+                // One statement, or its own transaction when longer.
+                crate::batch::pg_apply(&mut conn, &tasks, &jobs, notifications).await
             }
             Pools::Sqlite(pools) => {
                 let mut conn = self.checkout_sqlite(&pools.writer).await?;
