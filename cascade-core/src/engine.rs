@@ -300,7 +300,12 @@ impl CascadeBuilder {
             tokio::spawn(bridge::forward_events(weak.clone(), outbox_rx));
         }
         if role == Role::Scheduler {
-            tokio::spawn(reconcile(weak.clone(), poll_interval, stop.clone()));
+            // Notifications normally carry every update; the fallback can be slow.
+            tokio::spawn(reconcile(
+                weak.clone(),
+                (poll_interval * 5).max(Duration::from_secs(2)),
+                stop.clone(),
+            ));
         }
         if role == Role::Worker {
             let (drained, drained_rx) = oneshot::channel();

@@ -125,15 +125,22 @@ pub(crate) async fn run_worker(
                 tracing::info!(running = running.len(), "worker draining");
             }
             Some(command) = completions.recv() => {
-                if let Command::Completed(completion) = command
-                    && let Some(cascade) = engine.upgrade().map(Cascade::from_inner)
-                {
-                    let key = (completion.job_id, completion.task);
-                    if running.get(&key).is_some_and(|r| r.token == completion.token)
-                        && let Some(attempt) = running.remove(&key)
-                    {
-                        finish(&cascade, &id, attempt, completion, &mut rng).await;
+                // Every attempt that has finished by now is committed in one batch.
+                let mut finished = Vec::new();
+                let mut next = Some(command);
+                while let Some(command) = next.take() {
+                    if let Command::Completed(completion) = command {
+                        let key = (completion.job_id, completion.task);
+                        if running.get(&key).is_some_and(|r| r.token == completion.token)
+                            && let Some(attempt) = running.remove(&key)
+                        {
+                            finished.push((attempt, completion));
+                        }
                     }
+                    next = completions.try_recv().ok();
+                }
+                if let Some(cascade) = engine.upgrade().map(Cascade::from_inner) {
+                    finish(&cascade, &id, finished, &mut rng).await;
                 }
             }
             Some(job_id) = cancels.recv() => {
@@ -343,51 +350,54 @@ fn plan_task_id(dag: &RegisteredDag, index: usize) -> String {
     dag.task_ids[index].to_string()
 }
 
-/// Commits an attempt's outcome if this worker still holds the task.
-async fn finish(cascade: &Cascade, worker: &str, attempt: Running, completion: Completion, rng: &mut u64) {
-    let Running {
-        dag,
-        task: t,
-        token,
-        attempt: number,
-        started_at,
-        ..
-    } = attempt;
-    let plan_task = &dag.plan.tasks()[t];
-    let task_id = dag.task_ids[t].to_string();
-    let job_id = completion.job_id;
-    let finished_at = completion.finished_at;
-    let (to, result, error, output, next_attempt_at) = match completion.outcome {
-        Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
-        Outcome::Failed(error) => {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            let roll = (*rng >> 11) as f64 / (1u64 << 53) as f64;
-            let (to, next) = retry_decision(plan_task, &error, number, 0, finished_at, roll);
-            (
-                to,
-                None,
-                Some(error.message().to_owned()),
-                error.output().map(str::to_owned),
-                next,
-            )
-        }
-        // Stopped by a cancellation or a lapsed lease: the scheduler or the
-        // reaper settles the row.
-        Outcome::Aborted => return,
-    };
-    let update = RemoteTaskUpdate {
-        job_id,
-        task_id: task_id.clone(),
-        token,
-        attempt: number,
-        status: to,
-        error: error.clone(),
-        next_attempt_at,
-    };
-    let batch = TransitionBatch {
-        tasks: vec![TaskTransition {
+/// Commits the outcomes of finished attempts in one transaction; each is
+/// applied only if this worker still holds its task (fencing token).
+async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Completion)>, rng: &mut u64) {
+    let mut batch = TransitionBatch::default();
+    let mut reports = Vec::new();
+    for (attempt, completion) in finished {
+        let Running {
+            dag,
+            task: t,
+            token,
+            attempt: number,
+            started_at,
+            ..
+        } = attempt;
+        let plan_task = &dag.plan.tasks()[t];
+        let task_id = dag.task_ids[t].to_string();
+        let job_id = completion.job_id;
+        let finished_at = completion.finished_at;
+        let (to, result, error, output, next_attempt_at) = match completion.outcome {
+            Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
+            Outcome::Failed(error) => {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                let roll = (*rng >> 11) as f64 / (1u64 << 53) as f64;
+                let (to, next) = retry_decision(plan_task, &error, number, 0, finished_at, roll);
+                (
+                    to,
+                    None,
+                    Some(error.message().to_owned()),
+                    error.output().map(str::to_owned),
+                    next,
+                )
+            }
+            // Stopped by a cancellation or a lapsed lease: the scheduler or the
+            // reaper settles the row.
+            Outcome::Aborted => continue,
+        };
+        let update = RemoteTaskUpdate {
+            job_id,
+            task_id: task_id.clone(),
+            token,
+            attempt: number,
+            status: to,
+            error: error.clone(),
+            next_attempt_at,
+        };
+        batch.tasks.push(TaskTransition {
             job_id,
             task_id: task_id.clone(),
             from: TaskStatus::Running,
@@ -411,39 +421,49 @@ async fn finish(cascade: &Cascade, worker: &str, attempt: Running, completion: C
                 }),
                 ..TaskChanges::default()
             },
-        }],
-        notifications: vec![Notification {
+        });
+        batch.notifications.push(Notification {
             channel: DONE_CHANNEL.to_owned(),
             payload: bridge::done_payload(&update),
-        }],
-        ..TransitionBatch::default()
-    };
-    match cascade.store().commit_transitions(&batch).await {
-        Ok(outcome) if outcome.tasks.first() == Some(&true) => {
-            let kind = match to {
-                TaskStatus::Success => TaskEventKind::Succeeded,
-                TaskStatus::UpForRetry => TaskEventKind::RetryScheduled,
-                _ => TaskEventKind::Failed,
-            };
-            tracing::info!(job.id = %job_id, task.id = %task_id, attempt = number, status = %to, "task finished");
-            cascade.publish(Event::Task(TaskEvent {
-                kind,
-                job_id,
-                dag_id: dag.record.id,
-                task_id,
-                status: to,
-                attempt: number,
-                error,
-                timestamp: finished_at,
-            }));
+        });
+        reports.push((dag.record.id, update, finished_at));
+    }
+    if batch.tasks.is_empty() {
+        return;
+    }
+    let outcome = match cascade.store().commit_transitions(&batch).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::error!(
+                %error, tasks = batch.tasks.len(),
+                "could not commit outcomes; the tasks return to the queue when their leases lapse"
+            );
+            return;
         }
-        Ok(_) => tracing::warn!(
-            job.id = %job_id, task.id = %task_id, token,
-            "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
-        ),
-        Err(error) => tracing::error!(
-            job.id = %job_id, task.id = %task_id, %error,
-            "could not commit the outcome; the task returns to the queue when its lease lapses"
-        ),
+    };
+    for ((dag_id, update, finished_at), won) in reports.into_iter().zip(outcome.tasks) {
+        if !won {
+            tracing::warn!(
+                job.id = %update.job_id, task.id = %update.task_id, token = update.token,
+                "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
+            );
+            continue;
+        }
+        let kind = match update.status {
+            TaskStatus::Success => TaskEventKind::Succeeded,
+            TaskStatus::UpForRetry => TaskEventKind::RetryScheduled,
+            _ => TaskEventKind::Failed,
+        };
+        tracing::info!(job.id = %update.job_id, task.id = %update.task_id, attempt = update.attempt, status = %update.status, "task finished");
+        cascade.publish(Event::Task(TaskEvent {
+            kind,
+            job_id: update.job_id,
+            dag_id,
+            task_id: update.task_id,
+            status: update.status,
+            attempt: update.attempt,
+            error: update.error,
+            timestamp: finished_at,
+        }));
     }
 }
