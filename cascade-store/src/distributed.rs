@@ -20,7 +20,7 @@ use tracing::{debug, instrument, warn};
 
 use super::{Backend, Pools, SqliteConn, Store};
 use crate::error::{Result, StoreError};
-use crate::ids::{JobId, TaskStatus};
+use crate::ids::JobId;
 use crate::json::{JsonDoc, JsonValue};
 use crate::model::{
     ClaimRequest, ClaimedTask, Notification, TaskExecution, WorkerInfo, WorkerRecord, WorkerState,
@@ -171,6 +171,13 @@ FROM (
 WHERE t.id = expired.id
 RETURNING t.*";
 
+/// `status = 'running'` as a literal rather than a bind parameter, so that
+/// the planner can prove it matches the partial `task_executions_worker`
+/// index (a generic plan of `status = $n` could not use it).
+fn is_running() -> diesel::expression::SqlLiteral<Bool> {
+    diesel::dsl::sql("task_executions.status = 'running'")
+}
+
 /// Quotes a channel name as a PostgreSQL identifier; `pg_notify` takes the
 /// name verbatim, so quoting keeps both sides case-sensitive and exact.
 fn quote_ident(name: &str) -> String {
@@ -295,7 +302,7 @@ impl Store {
             }
             let n = diesel::update(task_executions::table)
                 .filter(task_executions::worker.eq(worker_id))
-                .filter(task_executions::status.eq(TaskStatus::Running.as_str()))
+                .filter(is_running())
                 .set(task_executions::lease_expires_at.eq(until))
                 .execute(c)
                 .await?;
@@ -520,7 +527,7 @@ impl Store {
         let rows: Vec<TaskRow> = read!(self, |c| {
             task_executions::table
                 .filter(task_executions::worker.eq(worker_id))
-                .filter(task_executions::status.eq(TaskStatus::Running.as_str()))
+                .filter(is_running())
                 .order(task_executions::id.asc())
                 .select(TaskRow::as_select())
                 .load(c)
