@@ -156,6 +156,10 @@ pub struct TaskPlan {
     pub trigger_rule: TriggerRule,
     /// The queue.
     pub queue: String,
+    /// Claim priority among queued tasks (higher first).
+    pub priority: i32,
+    /// Labels a worker must all have to claim the task.
+    pub labels: Vec<String>,
     /// Failure callback name.
     pub on_failure: Option<String>,
     /// Success callback name.
@@ -455,6 +459,7 @@ const RETRIES_EXPECTED: &str = "expected a count from 0 to 100";
 const DELAY_EXPECTED: &str = "expected whole seconds from 0 to 86400 (one day)";
 const MAX_DELAY_EXPECTED: &str = "expected whole seconds from 0 to 604800 (seven days), at least retry_delay";
 const FACTOR_EXPECTED: &str = "expected a number from 1.0 to 10.0";
+const PRIORITY_EXPECTED: &str = "expected a whole number from -1000 to 1000";
 
 #[allow(clippy::too_many_arguments)]
 fn check_range(
@@ -677,6 +682,27 @@ fn plan_task(
             location: Location::task(i, "queue"),
         });
     }
+    check_range(
+        some,
+        "priority",
+        task.priority,
+        -1000,
+        1000,
+        PRIORITY_EXPECTED,
+        Some(i),
+        errors,
+    );
+    for (position, label) in task.labels.iter().enumerate() {
+        if label.trim().is_empty() || task.labels[..position].contains(label) {
+            errors.push(ValidationError::InvalidValue {
+                task: Some(id.to_owned()),
+                key: "labels",
+                value: format!("{label:?}"),
+                expected: "non-empty labels, each listed once",
+                location: Location::task(i, "labels"),
+            });
+        }
+    }
     for (key, value) in [
         ("on_failure", &task.on_failure),
         ("on_success", &task.on_success),
@@ -742,6 +768,8 @@ fn plan_task(
             .clone()
             .or_else(|| d.queue.clone())
             .unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
+        priority: task.priority.map_or(0, |p| p.clamp(-1000, 1000) as i32),
+        labels: task.labels.clone(),
         on_failure: task.on_failure.clone(),
         on_success: task.on_success.clone(),
         on_retry: task.on_retry.clone(),
@@ -867,6 +895,8 @@ fn normalize(ir: DagIr, tasks: &[TaskPlan], order: &[usize]) -> DagIr {
                 retry_jitter: Some(plan.retry.jitter),
                 trigger_rule: Some(plan.trigger_rule.as_str().to_owned()),
                 queue: Some(plan.queue.clone()),
+                priority: (plan.priority != 0).then_some(i64::from(plan.priority)),
+                labels: plan.labels.clone(),
                 on_failure: task.on_failure,
                 on_success: task.on_success,
                 on_retry: task.on_retry,

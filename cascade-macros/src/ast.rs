@@ -36,6 +36,8 @@ pub(crate) mod kw {
     syn::custom_keyword!(retry_jitter);
     syn::custom_keyword!(trigger_rule);
     syn::custom_keyword!(queue);
+    syn::custom_keyword!(priority);
+    syn::custom_keyword!(labels);
 }
 
 /// A whole `dag! { ... }` invocation.
@@ -89,6 +91,7 @@ pub(crate) enum TaskValue {
     Bool(LitBool),
     TriggerRule(Ident),
     Queue(LitStr),
+    Labels(Vec<LitStr>),
     Callback(Path),
 }
 
@@ -225,6 +228,10 @@ fn parse_settings(
             Some(TaskKey::TriggerRule)
         } else if lookahead.peek(kw::queue) {
             Some(TaskKey::Queue)
+        } else if task_only && lookahead.peek(kw::priority) {
+            Some(TaskKey::Priority)
+        } else if task_only && lookahead.peek(kw::labels) {
+            Some(TaskKey::Labels)
         } else if task_only && lookahead.peek(kw::on_failure) {
             Some(TaskKey::OnFailure)
         } else if task_only && lookahead.peek(kw::on_success) {
@@ -273,6 +280,8 @@ pub(crate) enum TaskKey {
     RetryJitter,
     TriggerRule,
     Queue,
+    Priority,
+    Labels,
     OnFailure,
     OnSuccess,
     OnRetry,
@@ -304,6 +313,8 @@ impl TaskKey {
             (TaskKey::TriggerRule, true) => "defaults.trigger_rule",
             (TaskKey::Queue, false) => "queue",
             (TaskKey::Queue, true) => "defaults.queue",
+            (TaskKey::Priority, _) => "priority",
+            (TaskKey::Labels, _) => "labels",
             (TaskKey::OnFailure, _) => "on_failure",
             (TaskKey::OnSuccess, _) => "on_success",
             (TaskKey::OnRetry, _) => "on_retry",
@@ -358,7 +369,19 @@ fn parse_task_value(
             }
             TaskValue::DependsOn(dependencies)
         }
-        TaskKey::Timeout | TaskKey::Retries | TaskKey::RetryDelay | TaskKey::RetryMaxDelay => TaskValue::Int(parse_int(input, errors)?),
+        TaskKey::Timeout | TaskKey::Retries | TaskKey::RetryDelay | TaskKey::RetryMaxDelay | TaskKey::Priority => {
+            TaskValue::Int(parse_int(input, errors)?)
+        }
+        TaskKey::Labels => {
+            let content;
+            bracketed!(content in input);
+            let mut labels = Vec::new();
+            while !content.is_empty() {
+                labels.push(content.parse::<LitStr>()?);
+                parse_separator(&content)?;
+            }
+            TaskValue::Labels(labels)
+        }
         TaskKey::RetryFactor => TaskValue::Float(parse_float(input, errors)?),
         TaskKey::RetryJitter => TaskValue::Bool(input.parse()?),
         TaskKey::TriggerRule => TaskValue::TriggerRule(input.call(Ident::parse_any).map_err(|e| {
@@ -528,6 +551,8 @@ const TASK_KEYS: &[&str] = &[
     "retry_jitter",
     "trigger_rule",
     "queue",
+    "priority",
+    "labels",
     "on_failure",
     "on_success",
     "on_retry",

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use cascade_ir::{DagIr, IR_VERSION, Location, TaskDefaults, TaskIr, ValidationError};
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
-use syn::{Attribute, Ident, Path, Visibility};
+use syn::{Attribute, Ident, LitStr, Path, Visibility};
 
 use crate::ast::{DagDef, DagValue, Setting, TaskKey, TaskValue, did_you_mean};
 
@@ -348,6 +348,10 @@ fn apply_task(
         (TaskKey::RetryJitter, TaskValue::Bool(flag)) => task.retry_jitter = Some(flag.value),
         (TaskKey::TriggerRule, TaskValue::TriggerRule(rule)) => task.trigger_rule = Some(rule.unraw_string()),
         (TaskKey::Queue, TaskValue::Queue(queue)) => task.queue = Some(queue.value()),
+        (TaskKey::Priority, TaskValue::Int(n)) => task.priority = n,
+        (TaskKey::Labels, TaskValue::Labels(labels)) => {
+            task.labels = labels.iter().map(LitStr::value).collect()
+        }
         (TaskKey::OnFailure | TaskKey::OnSuccess | TaskKey::OnRetry, TaskValue::Callback(path)) => {
             let name = path_name(&path);
             add_unique(callbacks, &name, &path);

@@ -61,7 +61,8 @@ dag! {
         transform: { run: crate::tasks::transform, depends_on: [extract] },
         load: {
             run: load, depends_on: [transform], retries: 3, retry_delay: 10, trigger_rule: all_success,
-            queue: "db", on_failure: notify_ops, on_success: log_ok, on_retry: log_retry,
+            queue: "db", priority: 10, labels: ["ssd", "eu-west"],
+            on_failure: notify_ops, on_success: log_ok, on_retry: log_retry,
         },
         cleanup: {
             type: shell, command: "rm -rf /tmp/etl", env: { "RUST_LOG": "info" }, cwd: "/tmp",
@@ -94,6 +95,9 @@ fn main() {
     assert_eq!(tasks[2]["retry_jitter"], false);
     assert_eq!(tasks[2]["trigger_rule"], "all_success");
     assert_eq!(tasks[2]["queue"], "db");
+    assert_eq!(tasks[2]["priority"], 10);
+    assert_eq!(tasks[2]["labels"], serde_json::json!(["ssd", "eu-west"]));
+    assert!(tasks[0].get("priority").is_none(), "priority 0 is the default and not written");
     assert_eq!(tasks[2]["on_failure"], "notify_ops");
     assert_eq!(tasks[2]["on_success"], "log_ok");
     assert_eq!(tasks[2]["on_retry"], "log_retry");
