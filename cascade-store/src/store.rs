@@ -805,9 +805,18 @@ impl Store {
         let cas = TaskCas::new(&transition, naive(rows::now()));
         let won = if cas.attempt.is_none() {
             // A single statement needs no explicit transaction.
-            write_one!(self, |c| rows::task_cas_query!(cas).execute(c).await)
-                .map_err(|e| StoreError::from(e).during("transition_task"))?
-                == 1
+            let n = match &self.inner.pools {
+                Pools::Pg(_) => write_one!(self, |c| rows::task_cas_query!(cas).execute(c).await),
+                Pools::Sqlite(pools) => {
+                    // The fixed-shape statement, prepared once on the writer.
+                    let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                    conn.spawn_blocking(move |c| {
+                        diesel::RunQueryDsl::execute(crate::batch::SqliteTaskCas::new(&cas), c)
+                    })
+                    .await
+                }
+            };
+            n.map_err(|e| StoreError::from(e).during("transition_task"))? == 1
         } else {
             let outcome = self
                 .apply_batch(vec![cas], Vec::new(), &[])
