@@ -150,9 +150,11 @@ async fn measure_turns(
     let n = 2 * width;
     let with = if notify { " + notify" } else { "" };
     println!(
-        "{label}: turn of {n} ({width} with attempts){with} x{TURN_ROUNDS}: mean {mean:?}, p50 {:?}, p99 {:?}",
+        "{label}: turn of {n} ({width} with attempts){with} x{TURN_ROUNDS}: mean {mean:?}, p50 {:?}, p99 {:?}, max {:?}, {} over 1 ms",
         percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1],
+        samples.iter().filter(|s| **s > Duration::from_millis(1)).count()
     );
     Ok(())
 }

@@ -181,8 +181,9 @@ impl Store {
                     path: path.to_string_lossy().into_owned(),
                     memory: false,
                 };
-                let pools = connect::sqlite_pools(&setup, &options)?;
+                let mut pools = connect::sqlite_pools(&setup, &options)?;
                 connect::sqlite_migrate(&pools, &path, &masked).await?;
+                pools.checkpointer = connect::Checkpointer::start(&setup.path);
                 Pools::Sqlite(pools)
             }
         };
