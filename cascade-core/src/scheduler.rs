@@ -281,6 +281,16 @@ struct TaskRun {
 }
 
 impl TaskRun {
+    /// The number of the attempt that starts next: an attempt interrupted by
+    /// a crash or shutdown runs again under its own number.
+    fn next_attempt(&self) -> u32 {
+        if self.interrupted {
+            self.attempt.max(1)
+        } else {
+            self.attempt + 1
+        }
+    }
+
     fn new() -> Self {
         TaskRun {
             status: TaskStatus::Pending,
@@ -1192,11 +1202,7 @@ impl Scheduler {
         {
             return;
         }
-        let attempt = if task.interrupted {
-            task.attempt.max(1)
-        } else {
-            task.attempt + 1
-        };
+        let attempt = task.next_attempt();
         let queue = job.dag.plan.tasks()[t].queue.clone();
         let changes = TaskChanges {
             attempt: Some(attempt as i32),
@@ -1318,11 +1324,7 @@ impl Scheduler {
         {
             return;
         }
-        let attempt = if task.interrupted {
-            task.attempt.max(1)
-        } else {
-            task.attempt + 1
-        };
+        let attempt = task.next_attempt();
         let token = task.token + 1;
         let changes = TaskChanges {
             attempt: Some(attempt as i32),
