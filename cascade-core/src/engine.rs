@@ -740,6 +740,8 @@ impl Cascade {
                 attempt: 0,
                 fencing_token: 0,
                 started_at: None,
+                priority: task.priority,
+                labels: task.labels.clone(),
             })
             .collect();
         let schedules = self.inner.role != Role::Worker;

@@ -227,6 +227,7 @@ async fn claim(
             limit: i64::try_from(config.capacity - busy).unwrap_or(0),
             now,
             lease_until: now + chrono(config.task_lease),
+            labels: config.labels.clone(),
         })
         .await?;
     let mut started = Vec::with_capacity(claimed.len());

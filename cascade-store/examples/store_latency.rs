@@ -52,6 +52,8 @@ async fn new_job(store: &Store, n_tasks: usize) -> Result<JobId, cascade_store::
             attempt: 0,
             fencing_token: 0,
             started_at: None,
+            priority: 0,
+            labels: Vec::new(),
         })
         .collect();
     let job = store

@@ -117,7 +117,9 @@ struct Locked {
 // ----- SQL --------------------------------------------------------------------
 
 /// Claims in one statement: the `picked` CTE locks up to `$4` due, queued
-/// tasks of the requested queues and DAGs, skipping rows other claimers hold
+/// tasks of the requested queues and DAGs whose labels are a subset of the
+/// worker's (`$7`; `'[]'` is tested as text first, so unlabelled tasks, the
+/// common case, need no JSON parse), skipping rows other claimers hold
 /// (so concurrent claimers never wait on nor double-claim a row); `claimed`
 /// moves them to `running` under the worker's lease with a new fencing
 /// token; the final `SELECT` joins each with its job, in claiming order.
@@ -130,6 +132,7 @@ WITH picked AS (
       AND t.queue = ANY($1)
       AND j.dag_id = ANY($2)
       AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= $3)
+      AND (t.labels = '[]' OR t.labels::jsonb <@ to_jsonb($7::text[]))
     ORDER BY t.priority DESC, t.updated_at, t.id
     LIMIT $4
     FOR UPDATE OF t SKIP LOCKED
@@ -383,7 +386,9 @@ impl Store {
     ///
     /// Eligible: `queued` tasks on one of `request.queues`, of jobs of one of
     /// `request.dag_ids`, whose `next_attempt_at` is NULL or not after
-    /// `request.now`; highest `priority` first, then the longest queued
+    /// `request.now`, and whose `labels` are all among `request.labels` (a
+    /// task without labels goes to any worker); highest `priority` first,
+    /// then the longest queued
     /// (oldest `updated_at`). Each claimed task becomes `running` on the
     /// worker with `fencing_token + 1`, `lease_expires_at = lease_until` and
     /// `started_at = updated_at = now`; `attempt` is unchanged (whoever queues
@@ -407,6 +412,7 @@ impl Store {
     ///         limit: 8,
     ///         now,
     ///         lease_until: now + Duration::seconds(30),
+    ///         labels: vec!["gpu".into()],
     ///     })
     ///     .await?;
     /// for task in claimed {
@@ -431,7 +437,8 @@ impl Store {
             .bind::<Timestamp, _>(naive(request.now))
             .bind::<BigInt, _>(request.limit)
             .bind::<Text, _>(&request.worker)
-            .bind::<Timestamp, _>(naive(request.lease_until));
+            .bind::<Timestamp, _>(naive(request.lease_until))
+            .bind::<Array<Text>, _>(&request.labels);
         let mut conn = self.checkout_pg(pool).await?;
         let rows: Vec<ClaimedRow> = query
             .load(&mut *conn)

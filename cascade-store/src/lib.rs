@@ -51,6 +51,8 @@
 //!             attempt: 0,
 //!             fencing_token: 0,
 //!             started_at: None,
+//!             priority: 0,
+//!             labels: vec![],
 //!         }],
 //!     })
 //!     .await?;

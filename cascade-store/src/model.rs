@@ -128,6 +128,11 @@ pub struct TaskExecution {
     /// Counted apart from `attempt`: an infrastructure loss is not a failure
     /// of the task.
     pub lost_count: i32,
+    /// Labels a worker must all have to claim the task (see
+    /// [`ClaimRequest::labels`]); empty: any worker. Set at creation
+    /// ([`NewTask::labels`]).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// One finished attempt of a task, kept as history.
@@ -194,6 +199,16 @@ pub struct NewTask {
     pub fencing_token: i64,
     /// Start time, if the task is created already running.
     pub started_at: Option<DateTime<Utc>>,
+    /// Claiming order: higher is claimed first by
+    /// [`Store::claim_tasks`](crate::Store::claim_tasks) (0 is the default);
+    /// a transition may change it later with [`TaskChanges::priority`].
+    #[serde(default)]
+    pub priority: i32,
+    /// Labels a worker must ALL have (see [`ClaimRequest::labels`]) to claim
+    /// the task; empty: any worker may. Stored as given (order and
+    /// duplicates do not matter to claiming).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A job to create with [`Store::create_job`](crate::Store::create_job).
@@ -474,6 +489,11 @@ pub struct ClaimRequest {
     /// The lease of the claimed tasks; renew it with
     /// [`Store::heartbeat_worker`](crate::Store::heartbeat_worker).
     pub lease_until: DateTime<Utc>,
+    /// The claiming worker's labels: only tasks whose
+    /// [`labels`](TaskExecution::labels) are all among these are claimed
+    /// (tasks without labels always are).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A task claimed by [`Store::claim_tasks`](crate::Store::claim_tasks), with

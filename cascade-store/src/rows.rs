@@ -36,6 +36,17 @@ fn parse_task_status(column: &'static str, value: String) -> Result<TaskStatus> 
     value.parse().map_err(|_| StoreError::Corrupt { column, value })
 }
 
+/// A list column (queues, labels) as stored: a JSON array of strings.
+pub(crate) fn encode_labels(list: &[String]) -> String {
+    serde_json::to_string(list).expect("a list of strings serialises")
+}
+
+/// Decodes a list column written by [`encode_labels`]; anything else is
+/// [`StoreError::Corrupt`].
+pub(crate) fn decode_labels(column: &'static str, value: String) -> Result<Vec<String>> {
+    serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
+}
+
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = dags)]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
@@ -190,6 +201,7 @@ pub(crate) struct TaskRow {
     pub(crate) updated_at: NaiveDateTime,
     pub(crate) priority: i32,
     pub(crate) lost_count: i32,
+    pub(crate) labels: String,
 }
 
 impl TryFrom<TaskRow> for TaskExecution {
@@ -215,6 +227,7 @@ impl TryFrom<TaskRow> for TaskExecution {
             updated_at: utc(row.updated_at),
             priority: row.priority,
             lost_count: row.lost_count,
+            labels: decode_labels("task_executions.labels", row.labels)?,
         })
     }
 }
@@ -234,6 +247,8 @@ pub(crate) struct NewTaskRow {
     pub(crate) started_at: Option<NaiveDateTime>,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+    pub(crate) priority: i32,
+    pub(crate) labels: String,
 }
 
 impl NewTaskRow {
@@ -248,6 +263,8 @@ impl NewTaskRow {
             started_at: task.started_at.map(naive),
             created_at: at,
             updated_at: at,
+            priority: task.priority,
+            labels: encode_labels(&task.labels),
         }
     }
 }

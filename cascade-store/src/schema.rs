@@ -75,6 +75,7 @@ diesel::table! {
         updated_at -> Timestamp,
         priority -> Integer,
         lost_count -> Integer,
+        labels -> Text,
     }
 }
 

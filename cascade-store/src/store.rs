@@ -25,7 +25,7 @@ use crate::rows::{
 use crate::schema::{dag_versions, dags, jobs, task_attempts, task_executions};
 use crate::url::{self, Target};
 
-/// Rows per multi-row `INSERT` of task executions: 9 binds a row stays far
+/// Rows per multi-row `INSERT` of task executions: 11 binds a row stays far
 /// below PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
 const TASK_INSERT_CHUNK: usize = 1000;
 
@@ -456,6 +456,8 @@ impl Store {
     /// With an idempotency key that an existing job of the same DAG already
     /// carries, nothing is written and that job is returned with
     /// `created: false`; concurrent triggers with one key get one job.
+    /// Each task row gets its [`NewTask::priority`](crate::NewTask::priority)
+    /// and [`NewTask::labels`](crate::NewTask::labels).
     /// If any row fails (for example a duplicate task id), nothing is written.
     #[instrument(skip_all, fields(dag.id = %job.dag_id, n_tasks = job.tasks.len()), err)]
     pub async fn create_job(&self, job: NewJob) -> Result<CreatedJob> {

@@ -30,6 +30,8 @@ fn task(task_id: &str, status: TaskStatus) -> NewTask {
         attempt: 0,
         fencing_token: 0,
         started_at: None,
+        priority: 0,
+        labels: Vec::new(),
     }
 }
 
@@ -1065,7 +1067,20 @@ mod cases {
             limit,
             now,
             lease_until: now + Duration::seconds(30),
+            labels: Vec::new(),
         }
+    }
+
+    fn labelled(task_id: &str, labels: &[&str]) -> NewTask {
+        NewTask {
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            ..task(task_id, TaskStatus::Queued)
+        }
+    }
+
+    fn with_labels(mut request: ClaimRequest, labels: &[&str]) -> ClaimRequest {
+        request.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        request
     }
 
     fn on_queue(task_id: &str, queue: &str, status: TaskStatus) -> NewTask {
@@ -1393,6 +1408,148 @@ mod cases {
             .collect();
         assert_eq!(pending, ["p0"]);
         assert_eq!(store.list_running_tasks_of_worker("w3").await.unwrap().len(), 3);
+    }
+
+    /// A task's labels must all be among the claiming worker's.
+    pub(super) async fn claim_tasks_by_labels(store: &Store) {
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("labels", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(
+                dag.id,
+                vec![
+                    labelled("gpu", &["gpu"]),
+                    labelled("any", &[]),
+                    labelled("gpu_eu", &["eu", "gpu"]),
+                    labelled("gpu_us", &["gpu", "us"]),
+                ],
+            ))
+            .await
+            .unwrap()
+            .job;
+        // Written by create_job and read back on both backends.
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        let stored: Vec<(&str, Vec<&str>)> = rows
+            .iter()
+            .map(|r| (r.task_id.as_str(), r.labels.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("gpu", vec!["gpu"]),
+                ("any", vec![]),
+                ("gpu_eu", vec!["eu", "gpu"]),
+                ("gpu_us", vec!["gpu", "us"]),
+            ]
+        );
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let ids = |claimed: &[cascade_store::ClaimedTask]| -> Vec<String> {
+            claimed.iter().map(|c| c.execution.task_id.clone()).collect()
+        };
+        let request = |worker: &str, labels: &[&str]| {
+            with_labels(claim(worker, &["default"], &[dag.id], 10, now), labels)
+        };
+        let unlabelled = store.claim_tasks(&request("w0", &[])).await.unwrap();
+        assert_eq!(
+            ids(&unlabelled),
+            ["any"],
+            "a worker without labels gets unlabelled tasks only"
+        );
+        assert!(unlabelled[0].execution.labels.is_empty());
+        assert!(
+            store
+                .claim_tasks(&request("w1", &["cpu"]))
+                .await
+                .unwrap()
+                .is_empty(),
+            "other labels do not qualify"
+        );
+        assert!(
+            store
+                .claim_tasks(&request("w2", &["eu"]))
+                .await
+                .unwrap()
+                .is_empty(),
+            "part of a task's labels does not qualify"
+        );
+        let gpu = store.claim_tasks(&request("w3", &["gpu", "eu"])).await.unwrap();
+        assert_eq!(
+            ids(&gpu),
+            ["gpu", "gpu_eu"],
+            "a superset qualifies, in claiming order"
+        );
+        assert_eq!(gpu[1].execution.labels, ["eu", "gpu"]);
+        assert_eq!(gpu[1].execution.worker.as_deref(), Some("w3"));
+        let rest = store
+            .claim_tasks(&request("w4", &["us", "cpu", "gpu"]))
+            .await
+            .unwrap();
+        assert_eq!(ids(&rest), ["gpu_us"]);
+    }
+
+    /// `NewTask::priority` is stored and orders claims (then age).
+    pub(super) async fn claim_tasks_priority_at_creation(store: &Store) {
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("prio", "h")).await.unwrap();
+        let prioritised = |task_id: &str, priority: i32| NewTask {
+            priority,
+            ..task(task_id, TaskStatus::Queued)
+        };
+        let job = store
+            .create_job(new_job(
+                dag.id,
+                vec![
+                    prioritised("zero", 0),
+                    prioritised("seven", 7),
+                    prioritised("minus", -1),
+                    prioritised("three", 3),
+                    prioritised("zero_too", 0),
+                ],
+            ))
+            .await
+            .unwrap()
+            .job;
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        let stored: Vec<(&str, i32)> = rows.iter().map(|r| (r.task_id.as_str(), r.priority)).collect();
+        assert_eq!(
+            stored,
+            [
+                ("zero", 0),
+                ("seven", 7),
+                ("minus", -1),
+                ("three", 3),
+                ("zero_too", 0)
+            ]
+        );
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            let claimed = store
+                .claim_tasks(&claim("w", &["default"], &[dag.id], 1, now))
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            order.push((
+                claimed[0].execution.task_id.clone(),
+                claimed[0].execution.priority,
+            ));
+        }
+        let order: Vec<(&str, i32)> = order.iter().map(|(id, p)| (id.as_str(), *p)).collect();
+        assert_eq!(
+            order,
+            [
+                ("seven", 7),
+                ("three", 3),
+                ("zero", 0),
+                ("zero_too", 0),
+                ("minus", -1)
+            ],
+            "priority first; equal priorities by age, then row id"
+        );
     }
 
     pub(super) async fn claim_tasks_concurrent(store: &Store) {
@@ -1839,12 +1996,127 @@ mod db_cases {
                 limit: 10,
                 now: Utc::now(),
                 lease_until: Utc::now() + Duration::seconds(30),
+                labels: Vec::new(),
             };
             let claimed = store.claim_tasks(&request).await.unwrap();
             assert_eq!(claimed.len(), 1);
             assert_eq!(
                 (claimed[0].execution.attempt, claimed[0].execution.fencing_token),
                 (1, 5)
+            );
+        }
+    }
+
+    /// From the schema before task labels (migration 5): rows survive,
+    /// their labels default to none, and priorities stay.
+    pub(super) async fn migrate_from_fifth(db: &TestDb) {
+        testing::run_first_migrations(&db.url, 5).await;
+        testing::execute_sql(
+            &db.url,
+            "INSERT INTO dags (name, description, version, hash, schedule, paused, created_at, updated_at) \
+             VALUES ('old', 'from v5', 1, 'h', NULL, false, '2026-01-01 00:00:00', '2026-01-01 00:00:00'); \
+             INSERT INTO jobs (dag_id, dag_version, status, \"trigger\", params, created_at, updated_at) \
+             VALUES (1, 1, 'running', 'manual', '{}', '2026-01-01 00:00:01', '2026-01-01 00:00:01'); \
+             INSERT INTO task_executions (job_id, task_id, status, attempt, fencing_token, queue, priority, created_at, updated_at) \
+             VALUES (1, 'low', 'queued', 0, 2, 'default', 0, '2026-01-01 00:00:01', '2026-01-01 00:00:01'), \
+                    (1, 'high', 'queued', 0, 3, 'default', 9, '2026-01-01 00:00:02', '2026-01-01 00:00:02')",
+        )
+        .await;
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let tasks = store
+            .list_task_executions_for_job(cascade_store::JobId(1))
+            .await
+            .unwrap();
+        let kept: Vec<(&str, i32, i64, usize)> = tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.priority, t.fencing_token, t.labels.len()))
+            .collect();
+        assert_eq!(kept, [("low", 0, 2, 0), ("high", 9, 3, 0)]);
+        // The new column is written on the upgraded database.
+        let old = store.get_dag_by_name("old").await.unwrap().unwrap();
+        let created = store
+            .create_job(new_job(
+                old.id,
+                vec![NewTask {
+                    labels: vec!["gpu".to_owned()],
+                    ..task("new", TaskStatus::Queued)
+                }],
+            ))
+            .await
+            .unwrap();
+        let new_rows = store.list_task_executions_for_job(created.job.id).await.unwrap();
+        assert_eq!(new_rows[0].labels, ["gpu"]);
+        if store.backend() == Backend::Postgres {
+            let now = Utc::now();
+            let request = ClaimRequest {
+                worker: "w".to_owned(),
+                queues: vec!["default".to_owned()],
+                dag_ids: vec![old.id],
+                limit: 10,
+                now,
+                lease_until: now + Duration::seconds(30),
+                labels: Vec::new(),
+            };
+            let claimed: Vec<String> = store
+                .claim_tasks(&request)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.execution.task_id)
+                .collect();
+            assert_eq!(
+                claimed,
+                ["high", "low"],
+                "old rows need no labels; the new one does"
+            );
+        }
+    }
+
+    /// A stored label list that is not a JSON array of strings is reported,
+    /// not guessed at; PostgreSQL refuses one that is not a JSON array at all.
+    pub(super) async fn task_labels_corrupt(db: &TestDb) {
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let dag = store.upsert_dag(new_dag("corrupt", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("t", TaskStatus::Queued)]))
+            .await
+            .unwrap()
+            .job;
+        if store.backend() == Backend::Postgres {
+            let url = db.url.clone();
+            let refused = tokio::spawn(async move {
+                testing::execute_sql(&url, "UPDATE task_executions SET labels = 'gpu'").await;
+            })
+            .await;
+            assert!(refused.is_err(), "the CHECK constraint refuses non-JSON labels");
+        } else {
+            testing::execute_sql(&db.url, "UPDATE task_executions SET labels = 'gpu'").await;
+            let err = store.list_task_executions_for_job(job.id).await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt { column: "task_executions.labels", value } if value == "gpu"),
+                "{err:?}"
+            );
+        }
+        testing::execute_sql(&db.url, "UPDATE task_executions SET labels = '[1]'").await;
+        let err = store.list_task_executions_for_job(job.id).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { column: "task_executions.labels", value } if value == "[1]"),
+            "{err:?}"
+        );
+        if store.backend() == Backend::Postgres {
+            let now = Utc::now();
+            let request = ClaimRequest {
+                worker: "w".to_owned(),
+                queues: vec!["default".to_owned()],
+                dag_ids: vec![dag.id],
+                limit: 10,
+                now,
+                lease_until: now + Duration::seconds(30),
+                labels: vec!["1".to_owned()],
+            };
+            assert!(
+                store.claim_tasks(&request).await.unwrap().is_empty(),
+                "a corrupt row is never claimed and does not fail the claim"
             );
         }
     }
@@ -1970,6 +2242,8 @@ contract!(
         concurrent_batches_one_winner_per_row,
         workers_lifecycle,
         claim_tasks_filters,
+        claim_tasks_by_labels,
+        claim_tasks_priority_at_creation,
         claim_tasks_concurrent,
         requeue_expired,
         notify_and_listen,
@@ -1981,6 +2255,8 @@ contract!(
         migrate_from_first,
         migrate_from_previous,
         migrate_from_third,
+        migrate_from_fifth,
+        task_labels_corrupt,
         dedicated_connections_lost,
         schema_newer_than_code
     ]
