@@ -41,7 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if mode == "trigger" {
         let mut jobs = Vec::new();
         for i in 0..number {
-            let job = cascade.trigger_job(dag.id, "manual", json!({ "environment": "demo", "run": i })).await?;
+            let job = cascade
+                .trigger_job(dag.id, "manual", json!({ "environment": "demo", "run": i }))
+                .await?;
             tracing::info!(job.id = %job.id, "triggered");
             jobs.push(job.id);
         }
