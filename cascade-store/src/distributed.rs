@@ -117,7 +117,10 @@ struct Locked {
 // ----- SQL --------------------------------------------------------------------
 
 /// Claims in one statement: the `picked` CTE locks up to `$4` due, queued
-/// tasks of the requested queues and DAGs whose labels are a subset of the
+/// tasks per requested queue (an ordered scan of the partial claim index that
+/// stops after `$4` rows, so a claim costs about `$4` rows however many are
+/// queued), keeps the best `$4` overall, of the requested DAGs and
+/// with labels that are a subset of the
 /// worker's (`$7`; `'[]'` is tested as text first, so unlabelled tasks, the
 /// common case, need no JSON parse), skipping rows other claimers hold
 /// (so concurrent claimers never wait on nor double-claim a row); `claimed`
@@ -125,17 +128,22 @@ struct Locked {
 /// token; the final `SELECT` joins each with its job, in claiming order.
 const PG_CLAIM: &str = "\
 WITH picked AS (
-    SELECT t.id, t.updated_at AS queued_at
-    FROM task_executions AS t
-    JOIN jobs AS j ON j.id = t.job_id
-    WHERE t.status = 'queued'
-      AND t.queue = ANY($1)
-      AND j.dag_id = ANY($2)
-      AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= $3)
-      AND (t.labels = '[]' OR t.labels::jsonb <@ to_jsonb($7::text[]))
-    ORDER BY t.priority DESC, t.updated_at, t.id
+    SELECT c.id, c.updated_at AS queued_at
+    FROM unnest($1::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.updated_at
+        FROM task_executions AS t
+        WHERE t.status = 'queued'
+          AND t.queue = q.name
+          AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= $3)
+          AND (t.labels = '[]' OR t.labels::jsonb <@ to_jsonb($7::text[]))
+          AND EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = t.job_id AND j.dag_id = ANY($2))
+        ORDER BY t.priority DESC, t.updated_at, t.id
+        LIMIT $4
+        FOR UPDATE OF t SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.updated_at, c.id
     LIMIT $4
-    FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE task_executions AS t SET
         status = 'running',

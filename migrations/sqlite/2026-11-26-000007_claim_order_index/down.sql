@@ -1,0 +1,3 @@
+DROP INDEX task_executions_claim;
+CREATE INDEX task_executions_claim ON task_executions (queue, priority DESC, updated_at)
+    WHERE status = 'queued';
