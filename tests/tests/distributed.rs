@@ -181,19 +181,17 @@ async fn workers_killed_and_frozen_lose_nothing() {
         );
         assert!(details.tasks.iter().all(|t| t.status == TaskStatus::Success));
     }
-    // Every task's side effect happened exactly once, even where the task ran twice.
+    // Every task's side effect (its ledger entry, created with create_new under
+    // the idempotency key) happened, and none twice, even where a task ran twice.
+    let ledger = std::fs::read_dir(dir.join("ledger")).expect("ledger").count();
+    assert_eq!(ledger, 200 * 6, "ledger entries");
+    // The log line written after the effect is never duplicated (it can be
+    // missing if a worker was killed between the two writes).
     let effects = lines(&effects);
     let unique: HashSet<&String> = effects.iter().collect();
-    assert_eq!(
-        effects.len(),
-        200 * 6,
-        "side effects: {} (unique {})",
-        effects.len(),
-        unique.len()
-    );
-    assert_eq!(unique.len(), effects.len(), "a side effect happened twice");
+    assert_eq!(unique.len(), effects.len(), "a side effect was logged twice");
     let runs = lines(&dir.join("runs.log"));
-    assert!(runs.len() >= effects.len());
+    assert!(runs.len() >= ledger, "every task ran at least once");
     // The killed worker's tasks were returned to the queue by the reaper.
     let mut requeued = 0;
     for &job in &jobs {
