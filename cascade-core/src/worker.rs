@@ -276,13 +276,17 @@ async fn start(
         .iter()
         .map(|&d| plan_task_id(&dag, d))
         .collect();
-    let upstream = cascade
-        .store()
-        .upstream_results(execution.job_id, &dependencies)
-        .await?
-        .into_iter()
-        .filter_map(|(task, result)| result.map(|r| (Arc::from(task.as_str()), Arc::new(r))))
-        .collect();
+    let upstream = if dependencies.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        cascade
+            .store()
+            .upstream_results(execution.job_id, &dependencies)
+            .await?
+            .into_iter()
+            .filter_map(|(task, result)| result.map(|r| (Arc::from(task.as_str()), Arc::new(r))))
+            .collect()
+    };
     let attempt = u32::try_from(execution.attempt).unwrap_or(1).max(1);
     let cancellation = CancellationToken::new();
     let context = TaskContext::new(
