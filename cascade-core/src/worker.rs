@@ -104,7 +104,18 @@ pub(crate) async fn run_worker(
             return;
         };
         if !stopping && database_ok && running.len() < config.capacity {
-            match claim(&cascade, &config, &id, running.len(), &mut versions, &reports).await {
+            // Bounded, so that a database that stops answering cannot hold the
+            // loop (and the heartbeat that watches the lease) hostage.
+            let claimed = tokio::time::timeout(
+                config.task_lease,
+                claim(&cascade, &config, &id, running.len(), &mut versions, &reports),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                database_ok = false;
+                Ok(Vec::new())
+            });
+            match claimed {
                 Ok(started) => {
                     for (key, attempt) in started {
                         running.insert(key, attempt);
@@ -139,8 +150,10 @@ pub(crate) async fn run_worker(
                     }
                     next = completions.try_recv().ok();
                 }
-                if let Some(cascade) = engine.upgrade().map(Cascade::from_inner) {
-                    finish(&cascade, &id, finished, &mut rng).await;
+                if let Some(cascade) = engine.upgrade().map(Cascade::from_inner)
+                    && tokio::time::timeout(config.task_lease, finish(&cascade, &id, finished, &mut rng)).await.is_err()
+                {
+                    tracing::error!("committing outcomes timed out; the tasks return to the queue when their leases lapse");
                 }
             }
             Some(job_id) = cancels.recv() => {
@@ -161,7 +174,21 @@ pub(crate) async fn run_worker(
             _ = heartbeat.tick() => {
                 let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else { return };
                 let now = Utc::now();
-                match cascade.store().heartbeat_worker(&id, now, now + chrono(config.task_lease)).await {
+                // A heartbeat that cannot finish within its interval counts as
+                // failed: the lease clock keeps running while the network is down.
+                let beat = tokio::time::timeout(
+                    config.heartbeat_interval,
+                    cascade.store().heartbeat_worker(&id, now, now + chrono(config.task_lease)),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(cascade_store::StoreError::Unavailable {
+                        url: cascade.store().url().to_owned(),
+                        attempts: 1,
+                        source: "heartbeat timed out".into(),
+                    })
+                });
+                match beat {
                     Ok(_) => {
                         last_heartbeat = Instant::now();
                         if !database_ok {

@@ -25,8 +25,35 @@ pub fn append(path: &Path, line: &str) -> std::io::Result<()> {
     file.write_all(format!("{line}\n").as_bytes())
 }
 
+/// Writes `stopped <pid> <job:task> <unix ms>` to `<dir>/stopped.log` if the
+/// attempt is dropped before it finishes (cancelled or aborted).
+struct StopWitness {
+    path: PathBuf,
+    task: String,
+    finished: bool,
+}
+
+impl Drop for StopWitness {
+    fn drop(&mut self) {
+        if !self.finished {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let _ = append(
+                &self.path,
+                &format!("stopped {} {} {now}", std::process::id(), self.task),
+            );
+        }
+    }
+}
+
 async fn step(ctx: TaskContext) -> TaskResult {
     let dir = dir(&ctx)?;
+    let mut witness = StopWitness {
+        path: dir.join("stopped.log"),
+        task: format!("{}:{}", ctx.job_id(), ctx.task_id()),
+        finished: false,
+    };
     append(
         &dir.join("runs.log"),
         &format!("{} {} {}", std::process::id(), ctx.job_id(), ctx.task_id()),
@@ -53,6 +80,7 @@ async fn step(ctx: TaskContext) -> TaskResult {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e.into()),
     }
+    witness.finished = true;
     let inputs: usize = ctx.params()["width"].as_u64().map_or(0, |w| w as usize);
     Ok(json!({ "task": ctx.task_id(), "pid": std::process::id(), "inputs": inputs }))
 }

@@ -450,3 +450,155 @@ async fn cancel_from_another_node() {
     cascade.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP proxy to PostgreSQL that the test can cut, as if the network to the
+/// database failed for the processes behind it.
+struct Proxy {
+    port: u16,
+    cut: tokio_util_like::Cut,
+}
+
+mod tokio_util_like {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A shared "the network is down" flag.
+    #[derive(Clone, Default)]
+    pub(super) struct Cut(Arc<AtomicBool>);
+
+    impl Cut {
+        pub(super) fn set(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+
+        pub(super) fn is_set(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = tokio_util_like::Cut::default();
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.is_set() {
+                    continue;
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                                if flag.is_set() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    /// The database URL through this proxy.
+    fn url(&self, direct: &str) -> String {
+        direct.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port), 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_cut_off_from_the_database_stops_its_attempts() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    if !db.url.contains("127.0.0.1:5432") {
+        eprintln!("skipping: the proxy test needs PostgreSQL on 127.0.0.1:5432");
+        return;
+    }
+    let dir = temp_dir("cutoff");
+    let proxy = Proxy::start().await;
+    let cascade = client(&db.url).await;
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let cut_off = Node::start("worker", &proxy.url(&db.url), 4, &[]);
+    let fan = dag_id(&cascade, "fan4").await;
+    let job = cascade
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 3000 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    let start = Instant::now();
+    loop {
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job)
+            .await
+            .expect("tasks");
+        if tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running && t.task_id.starts_with("part"))
+            .count()
+            == 4
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "parts never started on the first worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut.set();
+    let cut_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let _rescuer = Node::start("worker", &db.url, 4, &[]);
+    wait_all(&cascade, &[job], Duration::from_secs(60)).await;
+    let details = cascade.store().get_job_with_details(job).await.expect("job");
+    assert_eq!(details.job.status, JobStatus::Success, "{:?}", details.job.error);
+
+    // The cut-off worker stopped its four attempts itself, soon after its lease
+    // lapsed (lease 0.6 s), long before they would have finished (3 s).
+    let pid = cut_off.pid().to_string();
+    let stopped: Vec<u128> = lines(&dir.join("stopped.log"))
+        .iter()
+        .filter(|l| l.split(' ').nth(1) == Some(pid.as_str()))
+        .filter_map(|l| l.split(' ').nth(3).and_then(|ms| ms.parse().ok()))
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        4,
+        "the cut-off worker did not stop its attempts: {stopped:?}"
+    );
+    for at in &stopped {
+        assert!(
+            *at - cut_at < 2_500,
+            "an attempt ran on {} ms after the cut",
+            at - cut_at
+        );
+    }
+    // The parts ran again on the other worker, with their attempt number kept.
+    let parts = details.tasks.iter().filter(|t| t.task_id.starts_with("part"));
+    for task in parts {
+        assert!(task.lost_count >= 1, "{} was not re-queued", task.task_id);
+        assert_eq!(task.attempt, 1);
+    }
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
