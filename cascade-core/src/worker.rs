@@ -44,6 +44,8 @@ pub(crate) struct WorkerConfig {
 }
 
 struct Running {
+    /// The task execution's row id, whose lease the heartbeat extends.
+    row_id: i64,
     dag: Arc<RegisteredDag>,
     task: usize,
     token: i64,
@@ -178,7 +180,14 @@ pub(crate) async fn run_worker(
                 // failed: the lease clock keeps running while the network is down.
                 let beat = tokio::time::timeout(
                     config.heartbeat_interval,
-                    cascade.store().heartbeat_worker(&id, now, now + chrono(config.task_lease)),
+                    // Only the attempts running here keep their leases: a row
+                    // whose claim or outcome got lost lapses and is re-queued.
+                    cascade.store().heartbeat_worker_tasks(
+                        &id,
+                        now,
+                        now + chrono(config.task_lease),
+                        &running.values().map(|r| r.row_id).collect::<Vec<_>>(),
+                    ),
                 )
                 .await
                 .unwrap_or_else(|_| {
@@ -367,6 +376,7 @@ async fn start(
     Ok(Some((
         (execution.job_id, t),
         Running {
+            row_id: execution.id,
             dag,
             task: t,
             token: execution.fencing_token,

@@ -299,6 +299,32 @@ impl Store {
         now: DateTime<Utc>,
         task_lease_until: DateTime<Utc>,
     ) -> Result<u64> {
+        self.heartbeat(worker_id, now, task_lease_until, None).await
+    }
+
+    /// Like [`Store::heartbeat_worker`], but extends only the leases of the
+    /// given task executions (by [`TaskExecution::id`]) — the attempts the
+    /// worker is actually running. A row the worker claimed but is no longer
+    /// running (its outcome could not be committed, its claim's answer was
+    /// lost) then lapses and the reaper returns it to the queue.
+    pub async fn heartbeat_worker_tasks(
+        &self,
+        worker_id: &str,
+        now: DateTime<Utc>,
+        task_lease_until: DateTime<Utc>,
+        task_ids: &[i64],
+    ) -> Result<u64> {
+        self.heartbeat(worker_id, now, task_lease_until, Some(task_ids))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        now: DateTime<Utc>,
+        task_lease_until: DateTime<Utc>,
+        only: Option<&[i64]>,
+    ) -> Result<u64> {
         let (now, until) = (naive(now), naive(task_lease_until));
         let extended: Option<usize> = write_tx!(self, |c| {
             let found = diesel::update(workers::table.find(worker_id))
@@ -311,12 +337,26 @@ impl Store {
             if found == 0 {
                 return Ok(None);
             }
-            let n = diesel::update(task_executions::table)
-                .filter(task_executions::worker.eq(worker_id))
-                .filter(is_running())
-                .set(task_executions::lease_expires_at.eq(until))
-                .execute(c)
-                .await?;
+            let n = match only {
+                None => {
+                    diesel::update(task_executions::table)
+                        .filter(task_executions::worker.eq(worker_id))
+                        .filter(is_running())
+                        .set(task_executions::lease_expires_at.eq(until))
+                        .execute(c)
+                        .await?
+                }
+                Some([]) => 0,
+                Some(ids) => {
+                    diesel::update(task_executions::table)
+                        .filter(task_executions::worker.eq(worker_id))
+                        .filter(is_running())
+                        .filter(task_executions::id.eq_any(ids))
+                        .set(task_executions::lease_expires_at.eq(until))
+                        .execute(c)
+                        .await?
+                }
+            };
             Ok(Some(n))
         })
         .map_err(|e| e.during("heartbeat_worker"))?;

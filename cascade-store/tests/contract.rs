@@ -1164,6 +1164,38 @@ mod cases {
             ("a", Some(until))
         );
         assert!(store.list_running_tasks_of_worker("w2").await.unwrap().is_empty());
+        // Extending only the attempts the worker runs: an unknown row id
+        // extends nothing, the real one is extended.
+        let later = until + Duration::seconds(60);
+        assert_eq!(
+            store
+                .heartbeat_worker_tasks("w1", now, later, &[-1])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.heartbeat_worker_tasks("w1", now, later, &[]).await.unwrap(),
+            0
+        );
+        let row = running[0].id;
+        assert_eq!(
+            store
+                .heartbeat_worker_tasks("w1", now, later, &[row])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .heartbeat_worker_tasks("w2", now, later, &[row])
+                .await
+                .unwrap(),
+            0,
+            "not w2's task"
+        );
+        let running = store.list_running_tasks_of_worker("w1").await.unwrap();
+        assert_eq!(running[0].lease_expires_at, Some(later));
 
         let err = store.heartbeat_worker("ghost", now, until).await.unwrap_err();
         assert!(matches!(&err, StoreError::WorkerNotFound { worker_id } if worker_id == "ghost"));
