@@ -18,7 +18,7 @@ mod validate;
 
 /// Defines a DAG and generates `fn NAME() -> cascade_core::Dag`.
 ///
-/// ```ignore
+/// ```text
 /// dag! {
 ///     /// The nightly ETL.
 ///     name: pub etl,
@@ -30,6 +30,9 @@ mod validate;
 ///     }
 /// }
 /// ```
+///
+/// (Compiled examples of every key are the UI tests in `tests/macro-ui`, and
+/// the crate docs of `cascade_core`.)
 ///
 /// A definition the validator rejects (a cycle, an unknown dependency, a bad
 /// value, …) is a compile error pointing at the offending token, and every
