@@ -8,8 +8,9 @@ pub mod dist;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use cascade_core::{Cascade, Dag};
+use cascade_core::{Cascade, Dag, Event, EventStream, TaskEventKind};
 pub use cascade_store::testing::{TestDb, postgres_url, sqlite_url};
+use tokio_stream::StreamExt;
 
 /// Runs an async test body once per backend: `name::sqlite` and
 /// `name::postgres` (skipped loudly when no PostgreSQL is available, a failure
@@ -88,5 +89,17 @@ impl Log {
 
     pub fn entries(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Reads `events` until a task event of `kind` arrives (for `task`, or any
+/// task when `None`); panics after 10 s without one.
+pub async fn wait_for_task_event(events: &mut EventStream, task: Option<&str>, kind: TaskEventKind) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+            Ok(Some(Event::Task(e))) if e.kind == kind && task.is_none_or(|t| t == e.task_id) => return,
+            Ok(Some(_)) => {}
+            other => panic!("no {kind:?} event for {task:?}: {other:?}"),
+        }
     }
 }

@@ -107,6 +107,30 @@ async fn dag_id(cascade: &Cascade, name: &str) -> DagId {
         .id
 }
 
+/// Waits until `n` of the job's `part…` tasks are running.
+async fn wait_parts_running(cascade: &Cascade, job: JobId, n: usize) {
+    let start = Instant::now();
+    loop {
+        let tasks = cascade
+            .store()
+            .list_task_executions_for_job(job)
+            .await
+            .expect("tasks");
+        let running = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running && t.task_id.starts_with("part"))
+            .count();
+        if running == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {running} of {n} parts started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_all(cascade: &Cascade, jobs: &[JobId], limit: Duration) {
     let start = Instant::now();
     for &job in jobs {
@@ -403,25 +427,7 @@ async fn cancel_from_another_node() {
         .await
         .expect("trigger")
         .id;
-    // Wait until the parts are running on the worker.
-    let start = Instant::now();
-    loop {
-        let tasks = cascade
-            .store()
-            .list_task_executions_for_job(job)
-            .await
-            .expect("tasks");
-        if tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Running && t.task_id.starts_with("part"))
-            .count()
-            == 4
-        {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "parts never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_parts_running(&cascade, job, 4).await;
     cascade
         .cancel_job(job)
         .await
@@ -543,27 +549,7 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
         .await
         .expect("trigger")
         .id;
-    let start = Instant::now();
-    loop {
-        let tasks = cascade
-            .store()
-            .list_task_executions_for_job(job)
-            .await
-            .expect("tasks");
-        if tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Running && t.task_id.starts_with("part"))
-            .count()
-            == 4
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "parts never started on the first worker"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_parts_running(&cascade, job, 4).await;
     proxy.cut.set();
     let cut_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_core::{
-    CallbackContext, CallbackEvent, Cascade, Error, Event, JobStatus, TaskContext, TaskError, TaskEventKind,
+    CallbackContext, CallbackEvent, Cascade, Error, JobStatus, TaskContext, TaskError, TaskEventKind,
     TaskStatus, Topic,
 };
-use cascade_tests::{Log, backend_tests, dag_from, engine};
+use cascade_tests::{Log, backend_tests, dag_from, engine, wait_for_task_event};
 use serde_json::json;
-use tokio_stream::StreamExt;
 
 backend_tests!(
     cancel_running_job,
@@ -20,16 +19,6 @@ backend_tests!(
     callbacks_run_after_commit,
     trigger_rules
 );
-
-async fn wait_started(events: &mut cascade_core::EventStream, task: &str) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
-            Ok(Some(Event::Task(e))) if e.task_id == task && e.kind == TaskEventKind::Started => return,
-            Ok(Some(_)) => {}
-            other => panic!("{task} never started: {other:?}"),
-        }
-    }
-}
 
 async fn cancel_running_job(url: &str) {
     let cascade = Cascade::builder()
@@ -68,7 +57,7 @@ async fn cancel_running_job(url: &str) {
         .trigger_job(record.id, "manual", json!({}))
         .await
         .expect("trigger");
-    wait_started(&mut events, "polite").await;
+    wait_for_task_event(&mut events, Some("polite"), TaskEventKind::Started).await;
 
     let started = Instant::now();
     cascade.cancel_job(job.id).await.expect("cancel");
@@ -115,7 +104,7 @@ async fn cancel_is_idempotent_and_refuses_finished_jobs(url: &str) {
         .trigger_job(record.id, "manual", json!({}))
         .await
         .expect("trigger");
-    wait_started(&mut events, "slow").await;
+    wait_for_task_event(&mut events, Some("slow"), TaskEventKind::Started).await;
     let (a, b) = tokio::join!(cascade.cancel_job(job.id), cascade.cancel_job(job.id));
     a.expect("first cancel");
     b.expect("concurrent cancel");

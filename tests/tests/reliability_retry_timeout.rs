@@ -8,7 +8,7 @@ use std::time::Duration;
 use cascade_core::{
     Cascade, Dag, Event, JobStatus, TaskContext, TaskError, TaskEventKind, TaskStatus, Topic,
 };
-use cascade_tests::{backend_tests, dag_from, engine};
+use cascade_tests::{backend_tests, dag_from, engine, wait_for_task_event};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -221,13 +221,7 @@ async fn retry_scheduled_before_a_restart_runs_after_it(url: &str) {
         .trigger_job(record.id, "manual", json!({}))
         .await
         .expect("trigger");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
-            Ok(Some(Event::Task(e))) if e.kind == TaskEventKind::RetryScheduled => break,
-            Ok(Some(_)) => {}
-            other => panic!("no retry was scheduled: {other:?}"),
-        }
-    }
+    wait_for_task_event(&mut events, None, TaskEventKind::RetryScheduled).await;
     first.shutdown().await.expect("shutdown");
     let row = first
         .store()

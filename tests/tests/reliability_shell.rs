@@ -4,10 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cascade_core::{Event, JobStatus, TaskEventKind, TaskStatus, Topic};
-use cascade_tests::{backend_tests, dag_from, engine};
+use cascade_core::{JobStatus, TaskEventKind, TaskStatus, Topic};
+use cascade_tests::{backend_tests, dag_from, engine, wait_for_task_event};
 use serde_json::json;
-use tokio_stream::StreamExt;
 
 backend_tests!(
     shell_output_env_and_exit_codes,
@@ -170,13 +169,7 @@ async fn shell_timeout_and_cancel_leave_no_orphans(url: &str) {
         .trigger_job(record.id, "manual", json!({}))
         .await
         .expect("trigger");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
-            Ok(Some(Event::Task(e))) if e.kind == TaskEventKind::Started => break,
-            Ok(Some(_)) => {}
-            other => panic!("never started: {other:?}"),
-        }
-    }
+    wait_for_task_event(&mut events, None, TaskEventKind::Started).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         processes_matching(&format!("^sleep {cancel_marker}")),

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cascade_core::{Cascade, Event, JobStatus, TaskContext, TaskEventKind, TaskStatus, Topic};
-use cascade_tests::{backend_tests, dag_from, ir};
+use cascade_core::{Cascade, JobStatus, TaskContext, TaskEventKind, TaskStatus, Topic};
+use cascade_tests::{backend_tests, dag_from, ir, wait_for_task_event};
 use serde_json::json;
-use tokio_stream::StreamExt;
 
 backend_tests!(shutdown_mid_job_then_resume);
 
@@ -67,13 +66,7 @@ async fn shutdown_mid_job_then_resume(url: &str) {
         .await
         .expect("trigger");
     // Wait until `slow` is running.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
-            Ok(Some(Event::Task(e))) if e.task_id == "slow" && e.kind == TaskEventKind::Started => break,
-            Ok(Some(_)) => continue,
-            other => panic!("slow never started: {other:?}"),
-        }
-    }
+    wait_for_task_event(&mut events, Some("slow"), TaskEventKind::Started).await;
     engine_one.shutdown().await.expect("shutdown");
     assert!(
         engine_one
