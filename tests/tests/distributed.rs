@@ -131,6 +131,30 @@ async fn wait_parts_running(cascade: &Cascade, job: JobId, n: usize) {
     }
 }
 
+/// Waits until `n` part handlers have started in the process `pid` (each
+/// writes `<pid> <job> <task>` to `runs.log` as it starts).
+async fn wait_handlers_started(dir: &Path, pid: u32, n: usize) {
+    let start = Instant::now();
+    let pid = pid.to_string();
+    loop {
+        let started = lines(&dir.join("runs.log"))
+            .iter()
+            .filter(|l| {
+                let mut words = l.split(' ');
+                words.next() == Some(pid.as_str()) && words.nth(1).is_some_and(|t| t.starts_with("part"))
+            })
+            .count();
+        if started >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {started} of {n} part handlers started in process {pid}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_all(cascade: &Cascade, jobs: &[JobId], limit: Duration) {
     let start = Instant::now();
     for &job in jobs {
@@ -544,12 +568,14 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
         .trigger_job(
             fan,
             "test",
-            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 3000 }),
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 8000 }),
         )
         .await
         .expect("trigger")
         .id;
-    wait_parts_running(&cascade, job, 4).await;
+    // A claimed row is `running` before its handler starts; cut the network
+    // only once all four handlers run on the worker.
+    wait_handlers_started(&dir, cut_off.pid(), 4).await;
     proxy.cut.set();
     let cut_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -560,7 +586,7 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
     assert_eq!(details.job.status, JobStatus::Success, "{:?}", details.job.error);
 
     // The cut-off worker stopped its four attempts itself, soon after its lease
-    // lapsed (lease 0.6 s), long before they would have finished (3 s).
+    // lapsed (lease 1 s), long before they would have finished (8 s).
     let pid = cut_off.pid().to_string();
     let stopped: Vec<u128> = lines(&dir.join("stopped.log"))
         .iter()
