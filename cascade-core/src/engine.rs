@@ -595,13 +595,7 @@ impl Cascade {
                 let dag = self.dag_for_version(&current, job.dag_version).await?;
                 let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
                 tracing::info!(job.id = %job.id, previous_owner = ?job.owner, "resuming an unfinished job");
-                self.send(Command::Resume {
-                    job,
-                    dag,
-                    tasks,
-                    rerun: false,
-                })
-                .await?;
+                self.send(Command::Resume { job, dag, tasks }).await?;
                 adopted += 1;
             }
             if n < 200 || !progressed {
@@ -964,6 +958,11 @@ impl Cascade {
     /// its failed, upstream-failed, skipped and cancelled tasks run again with
     /// a fresh retry budget, while succeeded tasks keep their results and do
     /// not run again. Returns the job, running again.
+    ///
+    /// The fresh budget is stored with each task, so it holds on whichever
+    /// node runs the task and across restarts. The re-run job is run by this
+    /// engine, or on a worker-only node ([`Role::Worker`]) by one of the
+    /// schedulers, like a triggered job.
     #[tracing::instrument(skip(self), err)]
     pub async fn retry_job(&self, job_id: JobId) -> Result<Job> {
         let details = self
@@ -1002,6 +1001,9 @@ impl Cascade {
                     to: TaskStatus::Pending,
                     changes: TaskChanges {
                         clear_outcome: true,
+                        // The retry budget starts again from here, on
+                        // whichever node runs the task and across restarts.
+                        retry_base: Some(t.attempt),
                         ..TaskChanges::default()
                     },
                 })
@@ -1023,21 +1025,33 @@ impl Cascade {
                 status: job.status,
             });
         }
-        self.inner
+        tracing::info!(job.id = %job_id, rerun_tasks = batch.tasks.len(), "re-running a failed job");
+        // The job is running again and unowned (a finished job releases its
+        // owner). A worker-only node leaves it to the schedulers; any other
+        // runs it itself unless a scheduler adopted it first.
+        if self.inner.role == Role::Worker {
+            self.inner
+                .store
+                .notify(bridge::JOBS_CHANNEL, &job_id.to_string())
+                .await?;
+            return self.get_job(job_id).await;
+        }
+        let won = self
+            .inner
             .store
             .claim_job(job_id, &self.inner.worker_id, self.lease_until(now), now)
             .await?;
         let job = self.get_job(job_id).await?;
-        let tasks = self.inner.store.list_task_executions_for_job(job_id).await?;
-        let dag = self.dag_for_version(&current, job.dag_version).await?;
-        tracing::info!(job.id = %job_id, rerun_tasks = batch.tasks.len(), "re-running a failed job");
-        self.send(Command::Resume {
-            job: job.clone(),
-            dag,
-            tasks,
-            rerun: true,
-        })
-        .await?;
+        if won {
+            let tasks = self.inner.store.list_task_executions_for_job(job_id).await?;
+            let dag = self.dag_for_version(&current, job.dag_version).await?;
+            self.send(Command::Resume {
+                job: job.clone(),
+                dag,
+                tasks,
+            })
+            .await?;
+        }
         Ok(job)
     }
 

@@ -126,8 +126,6 @@ pub(crate) enum Command {
         job: Job,
         dag: Arc<RegisteredDag>,
         tasks: Vec<TaskExecution>,
-        /// A re-run of a failed job: pending tasks get a fresh retry budget.
-        rerun: bool,
     },
     /// An attempt finished.
     Completed(Completion),
@@ -489,12 +487,7 @@ impl Scheduler {
     fn handle(&mut self, command: Command, batch: &mut Batch) {
         match command {
             Command::Start { job, dag } => self.start_job(job, dag, batch),
-            Command::Resume {
-                job,
-                dag,
-                tasks,
-                rerun,
-            } => self.resume_job(job, dag, tasks, rerun, batch),
+            Command::Resume { job, dag, tasks } => self.resume_job(job, dag, tasks, batch),
             Command::Completed(completion) => self.complete(completion, batch),
             Command::Remote(update) => self.apply_remote(update, batch),
             Command::Cancel { job_id, reply } => self.cancel(job_id, reply, batch),
@@ -570,14 +563,7 @@ impl Scheduler {
     /// Rebuilds a job's in-memory state from its stored task rows: finished
     /// tasks keep their results and never run again; tasks that were running
     /// are queued again with their attempt number kept.
-    fn resume_job(
-        &mut self,
-        job: Job,
-        dag: Arc<RegisteredDag>,
-        rows: Vec<TaskExecution>,
-        rerun: bool,
-        batch: &mut Batch,
-    ) {
+    fn resume_job(&mut self, job: Job, dag: Arc<RegisteredDag>, rows: Vec<TaskExecution>, batch: &mut Batch) {
         if self.jobs.contains_key(&job.id) {
             return;
         }
@@ -595,9 +581,7 @@ impl Scheduler {
             task.token = row.fencing_token;
             task.result = row.result.map(Arc::new);
             task.started_at = row.started_at;
-            if rerun && task.status == TaskStatus::Pending {
-                task.retry_base = task.attempt;
-            }
+            task.retry_base = u32::try_from(row.retry_base).unwrap_or(0);
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {

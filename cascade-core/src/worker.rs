@@ -50,6 +50,8 @@ struct Running {
     task: usize,
     token: i64,
     attempt: u32,
+    /// Attempts made before the latest re-run, outside the retry budget.
+    retry_base: u32,
     started_at: DateTime<Utc>,
     cancellation: CancellationToken,
     abort: AbortHandle,
@@ -381,6 +383,7 @@ async fn start(
             task: t,
             token: execution.fencing_token,
             attempt,
+            retry_base: u32::try_from(execution.retry_base).unwrap_or(0),
             started_at,
             cancellation,
             abort,
@@ -403,6 +406,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
             task: t,
             token,
             attempt: number,
+            retry_base,
             started_at,
             ..
         } = attempt;
@@ -417,7 +421,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 *rng ^= *rng >> 7;
                 *rng ^= *rng << 17;
                 let roll = (*rng >> 11) as f64 / (1u64 << 53) as f64;
-                let (to, next) = retry_decision(plan_task, &error, number, 0, finished_at, roll);
+                let (to, next) = retry_decision(plan_task, &error, number, retry_base, finished_at, roll);
                 (
                     to,
                     None,

@@ -103,7 +103,8 @@ fn rounds<K: Hash + Eq + Ord + Copy>(keys: impl Iterator<Item = K>) -> Vec<Vec<u
 /// - `ins`: the attempt records (`a.idx` = the input index of the transition
 ///   that carries it) of the winners of `upd`, in input order.
 /// - `jupd`: like `upd`, for jobs. `keep_outcome` is false on a re-run, which
-///   drops `error` and `completed_at`.
+///   drops `error` and `completed_at`; a finished job (`completed_at` given)
+///   releases its owner and lease.
 /// - `notified`: `pg_notify` for each notification in input order; queued by
 ///   PostgreSQL until the transaction commits (and dropped if it fails).
 ///
@@ -127,17 +128,20 @@ UPDATE task_executions AS t SET
     error = CASE WHEN v.set_error THEN v.error ELSE t.error END,
     completed_at = CASE WHEN v.set_completed_at THEN v.completed_at ELSE t.completed_at END,
     next_attempt_at = CASE WHEN v.set_next_attempt_at THEN v.next_attempt_at ELSE t.next_attempt_at END,
-    priority = coalesce(v.priority, t.priority)
+    priority = coalesce(v.priority, t.priority),
+    retry_base = coalesce(v.retry_base, t.retry_base)
 FROM (
     SELECT v.*, r.id AS row_id
     FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
                 $7::timestamp[], $8::int4[], $9::int8[], $10::text[], $11::timestamp[],
                 $12::timestamp[], $13::text[], $14::bool[], $15::text[], $16::bool[],
-                $17::timestamp[], $18::bool[], $19::timestamp[], $20::bool[], $21::int4[])
+                $17::timestamp[], $18::bool[], $19::timestamp[], $20::bool[], $21::int4[],
+                $22::int4[])
         AS v(idx, job_id, task_id, from_status, token, to_status,
              updated_at, attempt, new_token, worker, started_at,
              lease_expires_at, result, set_result, error, set_error,
-             completed_at, set_completed_at, next_attempt_at, set_next_attempt_at, priority)
+             completed_at, set_completed_at, next_attempt_at, set_next_attempt_at, priority,
+             retry_base)
     JOIN task_executions AS r
         ON r.job_id = v.job_id AND r.task_id = v.task_id
         AND r.status = v.from_status AND r.fencing_token = v.token
@@ -149,8 +153,8 @@ RETURNING v.idx
 ), ins AS (
 INSERT INTO task_attempts (job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 SELECT a.job_id, a.task_id, a.attempt, a.status, a.worker, a.error, a.output, a.started_at, a.finished_at
-FROM unnest($22::int4[], $23::int8[], $24::text[], $25::int4[], $26::text[], $27::text[],
-            $28::text[], $29::text[], $30::timestamp[], $31::timestamp[])
+FROM unnest($23::int4[], $24::int8[], $25::text[], $26::int4[], $27::text[], $28::text[],
+            $29::text[], $30::text[], $31::timestamp[], $32::timestamp[])
     AS a(idx, job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 JOIN upd ON upd.idx = a.idx
 ORDER BY a.idx
@@ -160,11 +164,13 @@ UPDATE jobs AS j SET
     updated_at = v.updated_at,
     error = coalesce(v.error, CASE WHEN v.keep_outcome THEN j.error END),
     started_at = coalesce(j.started_at, v.started_at),
-    completed_at = coalesce(v.completed_at, CASE WHEN v.keep_outcome THEN j.completed_at END)
+    completed_at = coalesce(v.completed_at, CASE WHEN v.keep_outcome THEN j.completed_at END),
+    owner = CASE WHEN v.completed_at IS NULL THEN j.owner END,
+    lease_expires_at = CASE WHEN v.completed_at IS NULL THEN j.lease_expires_at END
 FROM (
     SELECT v.*
-    FROM unnest($32::int4[], $33::int8[], $34::text[], $35::text[], $36::text[],
-                $37::timestamp[], $38::timestamp[], $39::bool[], $40::timestamp[])
+    FROM unnest($33::int4[], $34::int8[], $35::text[], $36::text[], $37::text[],
+                $38::timestamp[], $39::timestamp[], $40::bool[], $41::timestamp[])
         AS v(idx, job_id, from_status, to_status, error,
              started_at, completed_at, keep_outcome, updated_at)
     JOIN jobs AS r ON r.id = v.job_id AND r.status = v.from_status
@@ -175,7 +181,7 @@ WHERE j.id = v.job_id AND j.status = v.from_status
 RETURNING v.idx
 ), notified AS (
 SELECT count(pg_notify(n.channel, n.payload)::text) AS n
-FROM unnest($41::text[], $42::text[]) AS n(channel, payload)
+FROM unnest($42::text[], $43::text[]) AS n(channel, payload)
 )
 SELECT 0 AS kind, idx FROM upd
 UNION ALL SELECT 1 AS kind, idx FROM jupd
@@ -208,7 +214,7 @@ fn fixed_sql(sql: &'static str) -> Vec<&'static str> {
 
 static PG_STEP_PARTS: LazyLock<Vec<&'static str>> = LazyLock::new(|| fixed_sql(PG_STEP));
 
-/// The columns of a round of task transitions (`$1`–`$21` of [`PG_STEP`]).
+/// The columns of a round of task transitions (`$1`–`$22` of [`PG_STEP`]).
 #[derive(Default)]
 struct TaskColumns<'a> {
     idx: Vec<i32>,
@@ -232,9 +238,10 @@ struct TaskColumns<'a> {
     next_attempt_at: Vec<Option<NaiveDateTime>>,
     set_next_attempt_at: Vec<bool>,
     priority: Vec<Option<i32>>,
+    retry_base: Vec<Option<i32>>,
 }
 
-/// The attempt records of a round (`$22`–`$31`); `idx` is the input index
+/// The attempt records of a round (`$23`–`$32`); `idx` is the input index
 /// of the transition that carries the record.
 #[derive(Default)]
 struct AttemptColumns<'a> {
@@ -250,7 +257,7 @@ struct AttemptColumns<'a> {
     finished_at: Vec<Option<NaiveDateTime>>,
 }
 
-/// The columns of a round of job transitions (`$32`–`$40`).
+/// The columns of a round of job transitions (`$33`–`$41`).
 #[derive(Default)]
 struct JobColumns<'a> {
     idx: Vec<i32>,
@@ -306,6 +313,7 @@ impl<'a> PgStep<'a> {
         t.set_next_attempt_at.push(set.next_attempt_at.is_some());
         t.next_attempt_at.push(set.next_attempt_at.flatten());
         t.priority.push(set.priority);
+        t.retry_base.push(set.retry_base);
         if let Some(attempt) = &cas.attempt {
             let a = &mut self.attempts;
             a.idx.push(pg_index(index));
@@ -376,6 +384,7 @@ impl QueryFragment<Pg> for PgStep<'_> {
             Array<Nullable<Timestamp>> => t.next_attempt_at,
             Array<Bool> => t.set_next_attempt_at,
             Array<Nullable<Integer>> => t.priority,
+            Array<Nullable<Integer>> => t.retry_base,
             Array<Integer> => a.idx,
             Array<BigInt> => a.job_id,
             Array<Text> => a.task_id,
@@ -531,7 +540,8 @@ UPDATE task_executions SET
     error = CASE WHEN ? THEN ? ELSE error END,
     completed_at = CASE WHEN ? THEN ? ELSE completed_at END,
     next_attempt_at = CASE WHEN ? THEN ? ELSE next_attempt_at END,
-    priority = coalesce(?, priority)
+    priority = coalesce(?, priority),
+    retry_base = coalesce(?, retry_base)
 WHERE job_id = ? AND task_id = ? AND status = ? AND fencing_token = ?";
 
 static SQLITE_TASK_CAS_PARTS: LazyLock<Vec<&'static str>> =
@@ -604,6 +614,7 @@ impl QueryFragment<Sqlite> for SqliteTaskCas<'_> {
             Bool => self.set_next_attempt_at,
             Of<t::next_attempt_at> => self.next_attempt_at,
             Nullable<Of<t::priority>> => set.priority,
+            Nullable<Of<t::retry_base>> => set.retry_base,
             Of<t::job_id> => cas.job_id,
             Of<t::task_id> => cas.task_id,
             Of<t::status> => cas.from,

@@ -133,6 +133,12 @@ pub struct TaskExecution {
     /// ([`NewTask::labels`]).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The attempts made before the task's latest re-run
+    /// (`Cascade::retry_job`); its retry budget counts only the attempts
+    /// above this, so a re-run task has its full budget again. 0 for a task
+    /// never re-run.
+    #[serde(default)]
+    pub retry_base: i32,
 }
 
 /// One finished attempt of a task, kept as history.
@@ -300,6 +306,9 @@ pub struct TaskChanges {
     /// [`Store::claim_tasks`](crate::Store::claim_tasks)); typically set when
     /// the task is queued.
     pub priority: Option<i32>,
+    /// New retry base: the attempts made before a re-run, which the retry
+    /// budget does not count (see [`TaskExecution::retry_base`]).
+    pub retry_base: Option<i32>,
 }
 
 /// A compare-and-set on one task execution row.
@@ -329,7 +338,8 @@ pub struct TaskTransition {
 /// `completed_at` when `to` is terminal. Going from a terminal state back to
 /// a non-terminal one (a re-run, e.g. `failed` → `running`) clears
 /// `completed_at` and `error` (then records `error` if `Some`) and keeps
-/// `started_at`.
+/// `started_at`. A job that reaches a terminal state releases its owner and
+/// lease, so that a later re-run can be claimed by any engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTransition {
     /// The job.

@@ -202,6 +202,7 @@ pub(crate) struct TaskRow {
     pub(crate) priority: i32,
     pub(crate) lost_count: i32,
     pub(crate) labels: String,
+    pub(crate) retry_base: i32,
 }
 
 impl TryFrom<TaskRow> for TaskExecution {
@@ -228,6 +229,7 @@ impl TryFrom<TaskRow> for TaskExecution {
             priority: row.priority,
             lost_count: row.lost_count,
             labels: decode_labels("task_executions.labels", row.labels)?,
+            retry_base: row.retry_base,
         })
     }
 }
@@ -351,6 +353,7 @@ pub(crate) struct TaskChangeset {
     pub(crate) completed_at: Option<Option<NaiveDateTime>>,
     pub(crate) next_attempt_at: Option<Option<NaiveDateTime>>,
     pub(crate) priority: Option<i32>,
+    pub(crate) retry_base: Option<i32>,
 }
 
 /// One task compare-and-set, owned and ready to run on either backend.
@@ -379,6 +382,7 @@ impl TaskCas {
             clear_outcome,
             record_attempt,
             priority,
+            retry_base,
         } = &transition.changes;
         // With `clear_outcome` an absent value becomes an explicit NULL.
         fn outcome<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
@@ -406,6 +410,7 @@ impl TaskCas {
                 completed_at: outcome(completed_at.map(naive), *clear_outcome),
                 next_attempt_at: outcome(next_attempt_at.map(naive), *clear_outcome),
                 priority: *priority,
+                retry_base: *retry_base,
             },
             attempt: record_attempt.as_ref().map(NewAttemptRow::from),
         }
@@ -495,6 +500,15 @@ macro_rules! job_cas_query {
                 j::completed_at.eq(coalesce(
                     $cas.completed_at,
                     case_when(keep.into_sql::<Bool>(), j::completed_at),
+                )),
+                // A finished job has no owner: whoever re-runs it claims it.
+                j::owner.eq(case_when(
+                    $cas.completed_at.is_none().into_sql::<Bool>(),
+                    j::owner,
+                )),
+                j::lease_expires_at.eq(case_when(
+                    $cas.completed_at.is_none().into_sql::<Bool>(),
+                    j::lease_expires_at,
                 )),
             ))
     }};

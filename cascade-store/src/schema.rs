@@ -76,6 +76,7 @@ diesel::table! {
         priority -> Integer,
         lost_count -> Integer,
         labels -> Text,
+        retry_base -> Integer,
     }
 }
 

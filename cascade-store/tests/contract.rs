@@ -830,6 +830,58 @@ mod cases {
         );
     }
 
+    /// A re-run records the attempts made so far as the task's retry base;
+    /// later transitions that do not name it keep it.
+    pub(super) async fn task_rerun_sets_retry_base(store: &Store) {
+        let dag = store.upsert_dag(new_dag("etl", "h1")).await.unwrap();
+        for batched in [false, true] {
+            let job = store
+                .create_job(new_job(
+                    dag.id,
+                    vec![NewTask {
+                        attempt: 3,
+                        fencing_token: 7,
+                        ..task("load", TaskStatus::Failed)
+                    }],
+                ))
+                .await
+                .unwrap()
+                .job;
+            let apply = |transition: TaskTransition| {
+                let store = store.clone();
+                async move {
+                    if batched {
+                        let batch = TransitionBatch {
+                            tasks: vec![transition],
+                            ..TransitionBatch::default()
+                        };
+                        store.commit_transitions(&batch).await.unwrap().tasks == [true]
+                    } else {
+                        store.transition_task(transition).await.unwrap()
+                    }
+                }
+            };
+            let fresh = store.list_task_executions_for_job(job.id).await.unwrap();
+            assert_eq!(fresh[0].retry_base, 0, "a new task has no retry base");
+            let rerun = TaskTransition {
+                changes: TaskChanges {
+                    retry_base: Some(3),
+                    clear_outcome: true,
+                    ..TaskChanges::default()
+                },
+                ..cas(job.id, "load", TaskStatus::Failed, 7, TaskStatus::Pending)
+            };
+            assert!(apply(rerun).await, "batched: {batched}");
+            assert!(apply(cas(job.id, "load", TaskStatus::Pending, 7, TaskStatus::Queued)).await);
+            let row = &store.list_task_executions_for_job(job.id).await.unwrap()[0];
+            assert_eq!(
+                (row.status, row.attempt, row.retry_base),
+                (TaskStatus::Queued, 3, 3),
+                "batched: {batched}"
+            );
+        }
+    }
+
     pub(super) async fn job_rerun_clears_outcome(store: &Store) {
         let dag = store.upsert_dag(new_dag("etl", "h1")).await.unwrap();
         let at = Utc::now();
@@ -858,10 +910,21 @@ mod cases {
                 }
             };
             assert!(apply(to(job.id, JobStatus::Pending, JobStatus::Running, None)).await);
+            assert!(
+                store
+                    .claim_job(job.id, "engine-a", at + Duration::seconds(30), at)
+                    .await
+                    .unwrap()
+            );
             assert!(apply(to(job.id, JobStatus::Running, JobStatus::Failed, Some("boom"))).await);
             let failed = store.get_job(job.id).await.unwrap();
             assert_eq!(failed.error.as_deref(), Some("boom"));
             assert!(failed.completed_at.is_some());
+            assert_eq!(
+                (failed.owner, failed.lease_expires_at),
+                (None, None),
+                "a finished job releases its owner (batched: {batched})"
+            );
 
             // Non-terminal to non-terminal keeps the error.
             assert!(
@@ -2104,6 +2167,36 @@ mod db_cases {
         }
     }
 
+    /// From the schema before retry bases (migration 7): existing tasks have
+    /// none, and a re-run on the upgraded database records one.
+    pub(super) async fn migrate_from_seventh(db: &TestDb) {
+        testing::run_first_migrations(&db.url, 7).await;
+        testing::execute_sql(
+            &db.url,
+            "INSERT INTO dags (name, description, version, hash, schedule, paused, created_at, updated_at) \
+             VALUES ('old', 'from v7', 1, 'h', NULL, false, '2026-01-01 00:00:00', '2026-01-01 00:00:00'); \
+             INSERT INTO jobs (dag_id, dag_version, status, \"trigger\", params, created_at, updated_at) \
+             VALUES (1, 1, 'failed', 'manual', '{}', '2026-01-01 00:00:01', '2026-01-01 00:00:01'); \
+             INSERT INTO task_executions (job_id, task_id, status, attempt, fencing_token, queue, priority, created_at, updated_at) \
+             VALUES (1, 'load', 'failed', 2, 4, 'default', 0, '2026-01-01 00:00:01', '2026-01-01 00:00:01')",
+        )
+        .await;
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let job = cascade_store::JobId(1);
+        let before = &store.list_task_executions_for_job(job).await.unwrap()[0];
+        assert_eq!((before.attempt, before.retry_base), (2, 0));
+        let rerun = TaskTransition {
+            changes: TaskChanges {
+                retry_base: Some(2),
+                ..TaskChanges::default()
+            },
+            ..cas(job, "load", TaskStatus::Failed, 4, TaskStatus::Pending)
+        };
+        assert!(store.transition_task(rerun).await.unwrap());
+        let after = &store.list_task_executions_for_job(job).await.unwrap()[0];
+        assert_eq!((after.status, after.retry_base), (TaskStatus::Pending, 2));
+    }
+
     /// A stored label list that is not a JSON array of strings is reported,
     /// not guessed at; PostgreSQL refuses one that is not a JSON array at all.
     pub(super) async fn task_labels_corrupt(db: &TestDb) {
@@ -2270,6 +2363,7 @@ contract!(
         job_ownership,
         dag_schedule_compare_and_set,
         job_rerun_clears_outcome,
+        task_rerun_sets_retry_base,
         commit_transitions_5000,
         concurrent_batches_one_winner_per_row,
         workers_lifecycle,
@@ -2288,6 +2382,7 @@ contract!(
         migrate_from_previous,
         migrate_from_third,
         migrate_from_fifth,
+        migrate_from_seventh,
         task_labels_corrupt,
         dedicated_connections_lost,
         schema_newer_than_code

@@ -99,6 +99,24 @@ pub fn fan_dag(width: usize) -> Dag {
         .with_handler("step", step)
 }
 
+/// One task with `retries: 1` that fails its first `fail_until` attempts
+/// (a job param).
+pub fn flaky_dag() -> Dag {
+    let ir = json!({
+        "ir_version": 1, "name": "flaky",
+        "tasks": [{ "id": "flaky", "handler": "flaky", "retries": 1, "retry_delay": 1, "retry_jitter": false }]
+    });
+    Dag::from_ir_json(&ir.to_string())
+        .unwrap_or_else(|e| panic!("flaky IR: {e}"))
+        .with_handler("flaky", |ctx: TaskContext| async move {
+            let fail_until = ctx.params()["fail_until"].as_u64().unwrap_or(0);
+            if u64::from(ctx.attempt()) <= fail_until {
+                return Err(TaskError::new(format!("attempt {} fails", ctx.attempt())));
+            }
+            Ok(json!({ "attempt": ctx.attempt(), "pid": std::process::id() }))
+        })
+}
+
 /// A cron DAG firing every second, backfilling missed ticks.
 pub fn cron_dag() -> Dag {
     let ir = json!({

@@ -94,6 +94,7 @@ async fn client(url: &str) -> Cascade {
             .await
             .expect("register");
     }
+    cascade.register_dag(dist::flaky_dag()).await.expect("register");
     cascade
 }
 
@@ -586,7 +587,7 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
     assert_eq!(details.job.status, JobStatus::Success, "{:?}", details.job.error);
 
     // The cut-off worker stopped its four attempts itself, soon after its lease
-    // lapsed (lease 1 s), long before they would have finished (8 s).
+    // lapsed (lease 0.6 s), long before they would have finished (8 s).
     let pid = cut_off.pid().to_string();
     let stopped: Vec<u128> = lines(&dir.join("stopped.log"))
         .iter()
@@ -613,4 +614,40 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
     }
     cascade.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `retry_job` from a node that does not schedule: a scheduler takes the job
+/// over, and the worker that runs the task gives it a full retry budget again
+/// (`retries: 1`: attempts 1 and 2 fail the job; the re-run's attempt 3 fails
+/// and is retried; attempt 4 succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_another_node_has_a_fresh_retry_budget() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let cascade = client(&db.url).await;
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let worker = Node::start("worker", &db.url, 4, &[]);
+    let flaky = dag_id(&cascade, "flaky").await;
+    let job = cascade
+        .trigger_job(flaky, "test", json!({ "fail_until": 3 }))
+        .await
+        .expect("trigger")
+        .id;
+    wait_all(&cascade, &[job], Duration::from_secs(60)).await;
+    let failed = cascade.store().get_job(job).await.expect("job");
+    assert_eq!(failed.status, JobStatus::Failed);
+
+    let rerun = cascade.retry_job(job).await.expect("retry_job");
+    assert_eq!(rerun.status, JobStatus::Running);
+    wait_all(&cascade, &[job], Duration::from_secs(60)).await;
+    let details = cascade.store().get_job_with_details(job).await.expect("job");
+    assert_eq!(details.job.status, JobStatus::Success, "{:?}", details.job.error);
+    let task = &details.tasks[0];
+    assert_eq!((task.attempt, task.retry_base), (4, 2));
+    assert_eq!(
+        task.result,
+        Some(json!({ "attempt": 4, "pid": worker.pid() })),
+        "the worker process ran the re-run"
+    );
+    cascade.shutdown().await.expect("shutdown");
 }

@@ -4,11 +4,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use cascade_core::{Dag, Error, IrError, JobStatus, TaskContext, TaskError, TaskStatus, ValidationError};
-use cascade_tests::{backend_tests, dag_from, engine, ir};
+use cascade_core::{
+    Dag, Error, IrError, JobStatus, TaskContext, TaskError, TaskEventKind, TaskStatus, Topic, ValidationError,
+};
+use cascade_tests::{backend_tests, dag_from, engine, ir, wait_for_task_event};
 use serde_json::json;
 
-backend_tests!(retry_job_reruns_from_the_failure);
+backend_tests!(
+    retry_job_reruns_from_the_failure,
+    rerun_has_its_full_retry_budget_across_a_restart
+);
 
 async fn retry_job_reruns_from_the_failure(url: &str) {
     let cascade = engine(url, 2).await;
@@ -101,6 +106,82 @@ async fn retry_job_reruns_from_the_failure(url: &str) {
         Err(Error::JobNotFound { .. })
     ));
     cascade.shutdown().await.expect("shutdown");
+}
+
+/// `retries: 2`, and a handler that fails its first `fail_until` attempts.
+fn budget_dag(fail_until: u32) -> Dag {
+    dag_from(
+        r#"{"ir_version":1,"name":"budget","tasks":[
+            {"id":"flaky","handler":"flaky","retries":2,"retry_delay":1,"retry_jitter":false}]}"#,
+    )
+    .with_handler("flaky", move |ctx: TaskContext| async move {
+        if ctx.attempt() <= fail_until {
+            return Err(TaskError::new(format!("attempt {} fails", ctx.attempt())));
+        }
+        Ok(json!({ "attempt": ctx.attempt() }))
+    })
+}
+
+/// A re-run task may fail `retries` more times, as on its first run: the
+/// budget restarts from the attempts already made, and that survives a
+/// restart in the middle of the re-run's backoff.
+async fn rerun_has_its_full_retry_budget_across_a_restart(url: &str) {
+    // Attempts 1-3 fail (the first run's budget), then the re-run's 4 and 5;
+    // attempt 6, the re-run's last retry, succeeds.
+    let first = engine(url, 2).await;
+    let record = first.register_dag(budget_dag(5)).await.expect("register");
+    let job = first
+        .trigger_job(record.id, "manual", json!({}))
+        .await
+        .expect("trigger");
+    let failed = first.wait_for_job(job.id).await.expect("wait");
+    assert_eq!(failed.status, JobStatus::Failed);
+
+    let mut events = first.subscribe(Topic::Job(job.id));
+    first.retry_job(job.id).await.expect("retry_job");
+    // Attempt 4 fails and its retry is scheduled; stop the engine then.
+    wait_for_task_event(&mut events, Some("flaky"), TaskEventKind::RetryScheduled).await;
+    first.shutdown().await.expect("shutdown");
+    drop(first);
+
+    let second = engine(url, 2).await;
+    second.register_dag(budget_dag(5)).await.expect("register");
+    let job = tokio::time::timeout(std::time::Duration::from_secs(30), second.wait_for_job(job.id))
+        .await
+        .expect("the re-run never finished")
+        .expect("wait");
+    assert_eq!(job.status, JobStatus::Success, "{:?}", job.error);
+    let row = second
+        .store()
+        .list_task_executions_for_job(job.id)
+        .await
+        .expect("tasks")
+        .remove(0);
+    assert_eq!(
+        (row.status, row.attempt, row.retry_base),
+        (TaskStatus::Success, 6, 3)
+    );
+    assert_eq!(row.result, Some(json!({ "attempt": 6 })));
+    let history: Vec<(i32, TaskStatus)> = second
+        .store()
+        .list_task_attempts(job.id, "flaky")
+        .await
+        .expect("attempts")
+        .iter()
+        .map(|a| (a.attempt, a.status))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, TaskStatus::UpForRetry),
+            (2, TaskStatus::UpForRetry),
+            (3, TaskStatus::Failed),
+            (4, TaskStatus::UpForRetry),
+            (5, TaskStatus::UpForRetry),
+            (6, TaskStatus::Success),
+        ]
+    );
+    second.shutdown().await.expect("shutdown");
 }
 
 fn errors(json: &str) -> Vec<ValidationError> {

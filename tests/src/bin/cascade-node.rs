@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for width in [4, 40] {
         cascade.register_dag(dist::fan_dag(width)).await?;
     }
+    cascade.register_dag(dist::flaky_dag()).await?;
     if args.get(4).map(String::as_str) == Some("cron") {
         cascade.register_dag(dist::cron_dag()).await?;
     }

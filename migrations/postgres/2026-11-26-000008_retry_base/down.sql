@@ -1,0 +1,1 @@
+ALTER TABLE cascade.task_executions DROP COLUMN retry_base;
