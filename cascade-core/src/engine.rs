@@ -269,11 +269,27 @@ impl CascadeBuilder {
                 worker_cancels,
                 is_leader: AtomicBool::new(!distributed),
                 worker_drained: Mutex::new(None),
+                membership: Mutex::new(None),
             }),
         };
         let weak = Arc::downgrade(&cascade.inner);
         let stop = cascade.inner.background.clone();
         if role == Role::All {
+            // It runs tasks, so it is listed with the workers (queues: any).
+            let info = worker::worker_info(
+                &cascade.inner.worker_id,
+                Vec::new(),
+                self.labels.clone(),
+                workers,
+                cascade_store::WorkerRole::All,
+            );
+            let membership = tokio::spawn(worker::keep_registered(
+                weak.clone(),
+                info,
+                heartbeat_interval,
+                stop.clone(),
+            ));
+            *cascade.inner.membership.lock().unwrap_or_else(|p| p.into_inner()) = Some(membership);
             cascade.inner.events.publish(Event::Worker(WorkerEvent {
                 kind: WorkerEventKind::Joined,
                 worker: cascade.inner.worker_id.clone(),
@@ -465,6 +481,8 @@ pub(crate) struct Inner {
     pub(crate) is_leader: AtomicBool,
     /// Completes when the worker loop has drained.
     worker_drained: Mutex<Option<oneshot::Receiver<()>>>,
+    /// An all-in-one engine's registration in the `workers` table.
+    membership: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -1142,6 +1160,19 @@ impl Cascade {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "could not release jobs; they resume once their leases lapse")
+            }
+        }
+        let membership = self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(membership) = membership {
+            // Its last heartbeat has finished, so none can follow the deregistration.
+            let _ = tokio::time::timeout(self.inner.shutdown_timeout, membership).await;
+            if let Err(error) = self.inner.store.deregister_worker(&self.inner.worker_id).await {
+                tracing::warn!(%error, "could not deregister the worker");
             }
         }
         if self.inner.role == Role::All {

@@ -65,7 +65,8 @@ pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationErro
 pub use cascade_macros::dag;
 pub use cascade_store::{
     Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus,
-    SqliteSynchronous, Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus,
+    SqliteSynchronous, Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus, WorkerRecord,
+    WorkerRole, WorkerState,
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cascade_store::{
     ClaimRequest, ClaimedTask, Notification, TaskAttempt, TaskChanges, TaskStatus, TaskTransition,
-    TransitionBatch, WorkerInfo,
+    TransitionBatch, WorkerInfo, WorkerRole,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -73,15 +73,13 @@ pub(crate) async fn run_worker(
         return;
     };
     let id = cascade.worker_id().to_owned();
-    let info = WorkerInfo {
-        id: id.clone(),
-        host: id.split(':').next().unwrap_or("localhost").to_owned(),
-        pid: i64::from(std::process::id()),
-        queues: config.queues.clone(),
-        labels: config.labels.clone(),
-        capacity: i32::try_from(config.capacity).unwrap_or(i32::MAX),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
+    let info = worker_info(
+        &id,
+        config.queues.clone(),
+        config.labels.clone(),
+        config.capacity,
+        WorkerRole::Worker,
+    );
     if let Err(error) = cascade.store().register_worker(&info).await {
         tracing::error!(%error, "could not register the worker; it will retry with its heartbeat");
     }
@@ -241,6 +239,69 @@ pub(crate) async fn run_worker(
     }
     tracing::info!(worker = %id, "worker stopped");
     let _ = drained.send(());
+}
+
+/// How this process describes itself in the `workers` table.
+pub(crate) fn worker_info(
+    id: &str,
+    queues: Vec<String>,
+    labels: Vec<String>,
+    capacity: usize,
+    role: WorkerRole,
+) -> WorkerInfo {
+    WorkerInfo {
+        id: id.to_owned(),
+        host: id.split(':').next().unwrap_or("localhost").to_owned(),
+        pid: i64::from(std::process::id()),
+        queues,
+        labels,
+        capacity: i32::try_from(capacity).unwrap_or(i32::MAX),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        role,
+    }
+}
+
+/// Keeps an all-in-one engine ([`Role::All`](crate::Role::All)) registered
+/// in the `workers` table until `stop` fires: registers, then heartbeats every
+/// `interval`, and registers again if its row was removed. The heartbeat
+/// extends no task lease: the tasks of an all-in-one engine run under its job
+/// leases. The engine deregisters on shutdown.
+pub(crate) async fn keep_registered(
+    engine: Weak<Inner>,
+    info: WorkerInfo,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut registered = false;
+    loop {
+        let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
+            return;
+        };
+        let store = cascade.store();
+        let beat = if registered {
+            let now = Utc::now();
+            store
+                .heartbeat_worker_tasks(&info.id, now, now, &[])
+                .await
+                .map(drop)
+        } else {
+            store.register_worker(&info).await.map(drop)
+        };
+        match beat {
+            Ok(()) => registered = true,
+            Err(error) if error.kind() == cascade_store::ErrorKind::NotFound => {
+                tracing::info!("worker row gone; registering again");
+                registered = false;
+                continue;
+            }
+            Err(error) => tracing::warn!(%error, registered, "worker heartbeat failed; retrying"),
+        }
+        drop(cascade);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 async fn claim(

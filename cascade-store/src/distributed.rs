@@ -23,7 +23,7 @@ use crate::error::{Result, StoreError};
 use crate::ids::JobId;
 use crate::json::{JsonDoc, JsonValue};
 use crate::model::{
-    ClaimRequest, ClaimedTask, Notification, TaskExecution, WorkerInfo, WorkerRecord, WorkerState,
+    ClaimRequest, ClaimedTask, Notification, TaskExecution, WorkerInfo, WorkerRecord, WorkerRole, WorkerState,
 };
 use crate::rows::{self, TaskRow, naive, utc};
 use crate::schema::{task_executions, workers};
@@ -44,6 +44,7 @@ struct WorkerRow {
     started_at: NaiveDateTime,
     last_heartbeat: NaiveDateTime,
     state: String,
+    role: String,
 }
 
 impl TryFrom<WorkerRow> for WorkerRecord {
@@ -64,6 +65,16 @@ impl TryFrom<WorkerRow> for WorkerRecord {
                 });
             }
         };
+        let role = match row.role.as_str() {
+            "worker" => WorkerRole::Worker,
+            "all" => WorkerRole::All,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    column: "workers.role",
+                    value: row.role,
+                });
+            }
+        };
         Ok(WorkerRecord {
             queues: list("workers.queues", row.queues)?,
             labels: list("workers.labels", row.labels)?,
@@ -75,6 +86,7 @@ impl TryFrom<WorkerRow> for WorkerRecord {
             started_at: utc(row.started_at),
             last_heartbeat: utc(row.last_heartbeat),
             state,
+            role,
         })
     }
 }
@@ -93,6 +105,7 @@ struct NewWorkerRow<'a> {
     started_at: NaiveDateTime,
     last_heartbeat: NaiveDateTime,
     state: &'static str,
+    role: &'static str,
 }
 
 /// A claimed task joined with its job, from [`PG_CLAIM`].
@@ -237,7 +250,7 @@ impl Store {
     /// ```no_run
     /// # #[allow(dead_code)]
     /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
-    /// use cascade_store::WorkerInfo;
+    /// use cascade_store::{WorkerInfo, WorkerRole};
     ///
     /// let worker = store
     ///     .register_worker(&WorkerInfo {
@@ -248,6 +261,7 @@ impl Store {
     ///         labels: vec!["gpu".into()],
     ///         capacity: 8,
     ///         version: "0.1.0".into(),
+    ///         role: WorkerRole::Worker,
     ///     })
     ///     .await?;
     /// # let _ = worker;
@@ -269,6 +283,7 @@ impl Store {
             started_at: at,
             last_heartbeat: at,
             state: WorkerState::Active.as_str(),
+            role: info.role.as_str(),
         };
         let row: WorkerRow = write_one!(self, |c| {
             diesel::insert_into(workers::table)

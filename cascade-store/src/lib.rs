@@ -84,7 +84,7 @@ pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, Ta
 pub use crate::model::{
     BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
     JobTransition, NewDag, NewJob, NewTask, Notification, TaskAttempt, TaskChanges, TaskExecution,
-    TaskTransition, TransitionBatch, WorkerInfo, WorkerRecord, WorkerState,
+    TaskTransition, TransitionBatch, WorkerInfo, WorkerRecord, WorkerRole, WorkerState,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
 pub use crate::store::{Backend, Leadership, NotificationStream, Store};

@@ -426,6 +426,32 @@ pub struct WorkerInfo {
     pub capacity: i32,
     /// Cascade (or application) version it runs.
     pub version: String,
+    /// What kind of process it is.
+    #[serde(default)]
+    pub role: WorkerRole,
+}
+
+/// What kind of process a registered worker is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRole {
+    /// A worker process: claims queued tasks with
+    /// [`Store::claim_tasks`](crate::Store::claim_tasks).
+    #[default]
+    Worker,
+    /// An all-in-one engine: schedules the jobs it owns and runs their tasks
+    /// itself, on any queue (its `queues` list is empty).
+    All,
+}
+
+impl WorkerRole {
+    /// The stored text (`worker`, `all`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkerRole::Worker => "worker",
+            WorkerRole::All => "all",
+        }
+    }
 }
 
 /// The liveness state of a registered worker.
@@ -480,6 +506,8 @@ pub struct WorkerRecord {
     pub last_heartbeat: DateTime<Utc>,
     /// Liveness state.
     pub state: WorkerState,
+    /// What kind of process it is.
+    pub role: WorkerRole,
 }
 
 /// What [`Store::claim_tasks`](crate::Store::claim_tasks) may claim.

@@ -92,6 +92,7 @@ diesel::table! {
         started_at -> Timestamp,
         last_heartbeat -> Timestamp,
         state -> Text,
+        role -> Text,
     }
 }
 

@@ -6,7 +6,7 @@ use cascade_store::testing::{self, TestDb};
 use cascade_store::{
     Backend, ClaimRequest, DagId, ErrorKind, JobFilter, JobStatus, JobTransition, NewDag, NewJob, NewTask,
     Notification, Store, StoreError, TaskAttempt, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
-    WorkerInfo, WorkerState,
+    WorkerInfo, WorkerRole, WorkerState,
 };
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use futures_util::StreamExt;
@@ -1113,6 +1113,7 @@ mod cases {
             labels: vec!["zone=eu".to_owned()],
             capacity: 8,
             version: "0.1.0".to_owned(),
+            role: WorkerRole::Worker,
         }
     }
 
@@ -1182,16 +1183,20 @@ mod cases {
         );
         assert_eq!(w1.queues, ["default", "gpu"]);
         assert_eq!(w1.labels, ["zone=eu"]);
-        assert_eq!(w1.state, WorkerState::Active);
+        assert_eq!((w1.state, w1.role), (WorkerState::Active, WorkerRole::Worker));
         store.register_worker(&worker_info("w2")).await.unwrap();
         let again = store
             .register_worker(&WorkerInfo {
                 capacity: 16,
+                role: WorkerRole::All,
                 ..worker_info("w1")
             })
             .await
             .unwrap();
-        assert_eq!((again.capacity, again.state), (16, WorkerState::Active));
+        assert_eq!(
+            (again.capacity, again.state, again.role),
+            (16, WorkerState::Active, WorkerRole::All)
+        );
         let listed = store.list_workers().await.unwrap();
         assert_eq!(
             listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
@@ -2167,8 +2172,9 @@ mod db_cases {
         }
     }
 
-    /// From the schema before retry bases (migration 7): existing tasks have
-    /// none, and a re-run on the upgraded database records one.
+    /// From the schema before retry bases and worker roles (migration 7):
+    /// existing tasks have no retry base, and a re-run on the upgraded
+    /// database records one; existing workers are workers.
     pub(super) async fn migrate_from_seventh(db: &TestDb) {
         testing::run_first_migrations(&db.url, 7).await;
         testing::execute_sql(
@@ -2178,10 +2184,20 @@ mod db_cases {
              INSERT INTO jobs (dag_id, dag_version, status, \"trigger\", params, created_at, updated_at) \
              VALUES (1, 1, 'failed', 'manual', '{}', '2026-01-01 00:00:01', '2026-01-01 00:00:01'); \
              INSERT INTO task_executions (job_id, task_id, status, attempt, fencing_token, queue, priority, created_at, updated_at) \
-             VALUES (1, 'load', 'failed', 2, 4, 'default', 0, '2026-01-01 00:00:01', '2026-01-01 00:00:01')",
+             VALUES (1, 'load', 'failed', 2, 4, 'default', 0, '2026-01-01 00:00:01', '2026-01-01 00:00:01'); \
+             INSERT INTO workers (id, host, pid, queues, labels, capacity, version, started_at, last_heartbeat, state) \
+             VALUES ('w-old', 'host-a', 7, '[\"default\"]', '[]', 4, '0.1.0', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'stopped')",
         )
         .await;
         let store = Store::open(Some(&db.url)).await.unwrap();
+        let workers = store.list_workers().await.unwrap();
+        assert_eq!(
+            workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.role))
+                .collect::<Vec<_>>(),
+            [("w-old", WorkerRole::Worker)]
+        );
         let job = cascade_store::JobId(1);
         let before = &store.list_task_executions_for_job(job).await.unwrap()[0];
         assert_eq!((before.attempt, before.retry_base), (2, 0));

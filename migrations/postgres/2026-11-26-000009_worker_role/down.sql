@@ -1,0 +1,1 @@
+ALTER TABLE cascade.workers DROP COLUMN role;
