@@ -1023,6 +1023,13 @@ impl Scheduler {
                 Guard::Always,
                 Effect::Publish(job_event(&job, JobEventKind::Cancelling, JobStatus::Running, now)),
             );
+            // A queued task may be claimed by a worker at this very moment (its
+            // cancellation then loses the compare-and-set): workers must hear
+            // of the cancel whenever a task of the job was queued or running.
+            let dispatched = job
+                .tasks
+                .iter()
+                .any(|t| matches!(t.status, TaskStatus::Queued | TaskStatus::Running));
             for t in 0..job.tasks.len() {
                 match job.tasks[t].status {
                     TaskStatus::Pending | TaskStatus::Queued | TaskStatus::UpForRetry => {
@@ -1038,7 +1045,7 @@ impl Scheduler {
             }
             job.cancellation.cancel();
             let remote_running = self.config.remote_dispatch && job.unfinished > 0;
-            if remote_running {
+            if self.config.remote_dispatch && dispatched {
                 // Workers stop the job's attempts when they hear this.
                 batch.notify(crate::bridge::CANCEL_CHANNEL, job_id.to_string());
             }

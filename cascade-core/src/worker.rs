@@ -55,6 +55,8 @@ struct Running {
     started_at: DateTime<Utc>,
     cancellation: CancellationToken,
     abort: AbortHandle,
+    /// Its job was cancelled: whatever the attempt returns, it ends `cancelled`.
+    job_cancelled: bool,
 }
 
 fn chrono(d: Duration) -> chrono::Duration {
@@ -159,8 +161,9 @@ pub(crate) async fn run_worker(
                 }
             }
             Some(job_id) = cancels.recv() => {
-                for ((job, _), attempt) in &running {
+                for ((job, _), attempt) in &mut running {
                     if *job == job_id {
+                        attempt.job_cancelled = true;
                         attempt.cancellation.cancel();
                         let abort = attempt.abort.clone();
                         let grace = config.cancel_grace;
@@ -448,6 +451,7 @@ async fn start(
             started_at,
             cancellation,
             abort,
+            job_cancelled: false,
         },
     )))
 }
@@ -469,6 +473,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
             attempt: number,
             retry_base,
             started_at,
+            job_cancelled,
             ..
         } = attempt;
         let plan_task = &dag.plan.tasks()[t];
@@ -476,6 +481,15 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
         let job_id = completion.job_id;
         let finished_at = completion.finished_at;
         let (to, result, error, output, next_attempt_at) = match completion.outcome {
+            // Its job was cancelled: the attempt ends cancelled, as on an
+            // all-in-one engine, and this worker settles its own row.
+            _ if job_cancelled => (
+                TaskStatus::Cancelled,
+                None,
+                Some("cancelled".to_owned()),
+                None,
+                None,
+            ),
             Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
             Outcome::Failed(error) => {
                 *rng ^= *rng << 13;
@@ -491,8 +505,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                     next,
                 )
             }
-            // Stopped by a cancellation or a lapsed lease: the scheduler or the
-            // reaper settles the row.
+            // Stopped by a lapsed lease or a shutdown: the reaper settles the row.
             Outcome::Aborted => continue,
         };
         let update = RemoteTaskUpdate {
@@ -559,6 +572,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
         let kind = match update.status {
             TaskStatus::Success => TaskEventKind::Succeeded,
             TaskStatus::UpForRetry => TaskEventKind::RetryScheduled,
+            TaskStatus::Cancelled => TaskEventKind::Cancelled,
             _ => TaskEventKind::Failed,
         };
         tracing::info!(job.id = %update.job_id, task.id = %update.task_id, attempt = update.attempt, status = %update.status, "task finished");

@@ -150,7 +150,9 @@ WITH picked AS (
           AND t.queue = q.name
           AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= $3)
           AND (t.labels = '[]' OR t.labels::jsonb <@ to_jsonb($7::text[]))
-          AND EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = t.job_id AND j.dag_id = ANY($2))
+          AND EXISTS (
+              SELECT 1 FROM jobs AS j
+              WHERE j.id = t.job_id AND j.dag_id = ANY($2) AND j.status IN ('pending', 'running'))
         ORDER BY t.priority DESC, t.updated_at, t.id
         LIMIT $4
         FOR UPDATE OF t SKIP LOCKED
@@ -175,22 +177,28 @@ JOIN jobs AS j ON j.id = c.job_id
 ORDER BY c.priority DESC, c.queued_at, c.id";
 
 /// Requeues running tasks whose lease lapsed before `$1`, at most `$2`, in
-/// one statement; rows another reaper holds are skipped.
+/// one statement; rows another reaper holds are skipped. A task whose job
+/// has finished meanwhile is cancelled instead: nothing would run it.
 const PG_REQUEUE_EXPIRED: &str = "\
 UPDATE task_executions AS t SET
-    status = 'queued',
+    status = CASE WHEN expired.job_done THEN 'cancelled' ELSE 'queued' END,
     lost_count = t.lost_count + 1,
     fencing_token = t.fencing_token + 1,
     worker = NULL,
     lease_expires_at = NULL,
     started_at = NULL,
+    completed_at = CASE WHEN expired.job_done THEN $1 ELSE t.completed_at END,
+    error = CASE WHEN expired.job_done
+        THEN 'cancelled: its job finished while its worker was lost' ELSE t.error END,
     updated_at = $1
 FROM (
-    SELECT id FROM task_executions
-    WHERE status = 'running' AND lease_expires_at < $1
-    ORDER BY lease_expires_at, id
+    SELECT e.id, j.status IN ('success', 'failed', 'cancelled') AS job_done
+    FROM task_executions AS e
+    JOIN jobs AS j ON j.id = e.job_id
+    WHERE e.status = 'running' AND e.lease_expires_at < $1
+    ORDER BY e.lease_expires_at, e.id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF e SKIP LOCKED
 ) AS expired
 WHERE t.id = expired.id
 RETURNING t.*";
@@ -447,8 +455,9 @@ impl Store {
     /// number of workers on any machines may claim concurrently and each
     /// task goes to exactly one of them.
     ///
-    /// Eligible: `queued` tasks on one of `request.queues`, of jobs of one of
-    /// `request.dag_ids`, whose `next_attempt_at` is NULL or not after
+    /// Eligible: `queued` tasks on one of `request.queues`, of unfinished
+    /// (`pending` or `running`) jobs of one of `request.dag_ids`, whose
+    /// `next_attempt_at` is NULL or not after
     /// `request.now`, and whose `labels` are all among `request.labels` (a
     /// task without labels goes to any worker); highest `priority` first,
     /// then the longest queued
@@ -559,6 +568,9 @@ impl Store {
     /// every `running` task whose `lease_expires_at` is before `now` becomes
     /// `queued` again, in one statement (`FOR UPDATE SKIP LOCKED`, so several
     /// reapers on several nodes may run at once). Returns the updated rows.
+    /// A task whose job has already finished becomes `cancelled` instead
+    /// (with `completed_at` and an error saying why), since no scheduler
+    /// would settle it and [`Store::claim_tasks`] skips finished jobs.
     ///
     /// Each requeued task gets `lost_count + 1` and `fencing_token + 1` (so a
     /// late completion from the lost worker loses its compare-and-set);

@@ -1704,6 +1704,70 @@ mod cases {
         }
     }
 
+    /// The tasks of a finished job are not claimed, and one that was running
+    /// on a lost worker is cancelled rather than queued again.
+    pub(super) async fn finished_jobs_are_neither_claimed_nor_requeued(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("done", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(
+                dag.id,
+                vec![task("a", TaskStatus::Queued), task("b", TaskStatus::Queued)],
+            ))
+            .await
+            .unwrap()
+            .job;
+        let claimed = store
+            .claim_tasks(&claim("dead", &["default"], &[dag.id], 1, now))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let running = claimed[0].execution.task_id.clone();
+        let job_to = |from, to| JobTransition {
+            job_id: job.id,
+            from,
+            to,
+            error: None,
+            at: now,
+        };
+        assert!(
+            store
+                .transition_job(job_to(JobStatus::Pending, JobStatus::Running))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .transition_job(job_to(JobStatus::Running, JobStatus::Cancelled))
+                .await
+                .unwrap()
+        );
+
+        let again = store
+            .claim_tasks(&claim("w2", &["default"], &[dag.id], 10, now))
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "claimed a task of a cancelled job: {again:?}");
+
+        let later = now + Duration::seconds(31);
+        let reaped = store.requeue_expired_tasks(later, 10).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        let t = &reaped[0];
+        assert_eq!(
+            (t.task_id.as_str(), t.status, t.lost_count, t.fencing_token),
+            (running.as_str(), TaskStatus::Cancelled, 1, 2)
+        );
+        assert_eq!((t.completed_at, t.worker.as_deref()), (Some(later), None));
+        assert!(
+            t.error.as_deref().is_some_and(|e| e.contains("job finished")),
+            "{:?}",
+            t.error
+        );
+    }
+
     pub(super) async fn requeue_expired(store: &Store) {
         if store.backend() != Backend::Postgres {
             return;
@@ -2388,6 +2452,7 @@ contract!(
         claim_tasks_priority_at_creation,
         claim_tasks_concurrent,
         requeue_expired,
+        finished_jobs_are_neither_claimed_nor_requeued,
         notify_and_listen,
         batch_notifications_ignored_on_sqlite,
         leader_election,

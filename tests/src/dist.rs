@@ -2,7 +2,8 @@
 //! it starts (`src/bin/cascade-node.rs`).
 //!
 //! Handlers record each run in `<dir>/runs.log` and make their side effect
-//! exactly once with the idempotency key (`<dir>/ledger/<key>`).
+//! exactly once with the idempotency key (`<dir>/ledger/<key>`). With the job
+//! param `watch_cancel: true` they stop as soon as their job is cancelled.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -67,7 +68,14 @@ async fn step(ctx: TaskContext) -> TaskResult {
         .as_u64()
         .or_else(|| ctx.params()["sleep_ms"].as_u64())
         .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    if ctx.params()["watch_cancel"].as_bool() == Some(true) {
+        tokio::select! {
+            () = ctx.cancelled() => return Err(TaskError::new("stopped: the job was cancelled")),
+            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    }
     // The side effect, exactly once per task execution.
     let ledger = dir.join("ledger");
     std::fs::create_dir_all(&ledger)?;

@@ -651,3 +651,76 @@ async fn rerun_from_another_node_has_a_fresh_retry_budget() {
     );
     cascade.shutdown().await.expect("shutdown");
 }
+
+/// Handlers on a worker that watch the cancellation signal stop at once when
+/// the job is cancelled from another node, and the worker records their
+/// attempts as cancelled, not failed: a cancelled job is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_handlers_on_workers() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("cancel-watch");
+    let cascade = client(&db.url).await;
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let worker = Node::start("worker", &db.url, 4, &[]);
+    let fan = dag_id(&cascade, "fan4").await;
+    let job = cascade
+        .trigger_job(
+            fan,
+            "test",
+            json!({
+                "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 60_000,
+                "watch_cancel": true
+            }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    wait_handlers_started(&dir, worker.pid(), 4).await;
+    cascade.cancel_job(job).await.expect("cancel");
+    let details = cascade.store().get_job_with_details(job).await.expect("job");
+    assert_eq!(details.job.status, JobStatus::Cancelled);
+    let statuses: Vec<(&str, TaskStatus)> = details
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("start", TaskStatus::Success),
+            ("part0", TaskStatus::Cancelled),
+            ("part1", TaskStatus::Cancelled),
+            ("part2", TaskStatus::Cancelled),
+            ("part3", TaskStatus::Cancelled),
+            ("finish", TaskStatus::Cancelled),
+        ]
+    );
+    for part in ["part0", "part1", "part2", "part3"] {
+        let attempts = cascade
+            .store()
+            .list_task_attempts(job, part)
+            .await
+            .expect("attempts");
+        assert_eq!(attempts.len(), 1, "{part}: {attempts:?}");
+        assert_eq!(attempts[0].status, TaskStatus::Cancelled, "{part}");
+        assert!(
+            attempts[0]
+                .worker
+                .as_deref()
+                .is_some_and(|w| w.contains(&format!(":{}:", worker.pid()))),
+            "{part} was not settled by its worker: {:?}",
+            attempts[0].worker
+        );
+    }
+    assert_eq!(
+        lines(&dir.join("effects.log"))
+            .iter()
+            .filter(|l| l.contains(":part"))
+            .count(),
+        0,
+        "a cancelled part made its side effect"
+    );
+    cascade.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
