@@ -10,7 +10,7 @@
 //! out-degree.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -397,6 +397,16 @@ enum Timer {
 }
 
 /// The scheduler task's state.
+/// A queued task waiting for a runner. Ordered for a max-heap: the highest
+/// priority, then the lowest arrival number (the oldest).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Waiting {
+    priority: i32,
+    order: Reverse<u64>,
+    job_id: JobId,
+    task: usize,
+}
+
 pub(crate) struct Scheduler {
     config: SchedulerConfig,
     state: StateManager,
@@ -405,8 +415,11 @@ pub(crate) struct Scheduler {
     /// Weak, so that the loop ends once every engine handle is gone.
     reports: mpsc::WeakSender<Command>,
     jobs: HashMap<JobId, JobRun>,
-    /// Tasks persisted as queued, waiting for a free runner, oldest first.
-    queued: VecDeque<(JobId, usize)>,
+    /// Tasks persisted as queued, waiting for a free runner: the highest
+    /// priority first, then the oldest.
+    queued: BinaryHeap<Waiting>,
+    /// Arrival order of `queued`, for first-in first-out among equal priorities.
+    queued_seq: u64,
     /// Tasks that became ready during the current batch.
     newly_ready: Vec<(JobId, usize)>,
     running: usize,
@@ -434,7 +447,8 @@ impl Scheduler {
             inbox,
             reports,
             jobs: HashMap::new(),
-            queued: VecDeque::new(),
+            queued: BinaryHeap::new(),
+            queued_seq: 0,
             newly_ready: Vec::new(),
             running: 0,
             timers: BinaryHeap::new(),
@@ -1120,11 +1134,11 @@ impl Scheduler {
         }
     }
 
-    /// Starts ready tasks while runner slots are free: first those queued
-    /// earlier, then those that became ready in this batch. The rest are
-    /// persisted as `queued`.
+    /// Starts ready tasks while runner slots are free, the highest priority
+    /// first and, among equals, those queued earlier before those that became
+    /// ready in this batch. The rest are persisted as `queued`.
     fn dispatch(&mut self, batch: &mut Batch) {
-        let newly_ready = std::mem::take(&mut self.newly_ready);
+        let mut newly_ready = std::mem::take(&mut self.newly_ready);
         if self.draining {
             // Nothing new starts during shutdown; ready tasks stay pending for
             // the next engine.
@@ -1136,15 +1150,28 @@ impl Scheduler {
             }
             return;
         }
+        // Stable: equal priorities keep the order in which they became ready.
+        newly_ready.sort_by_key(|&(job_id, t)| Reverse(self.priority_of(job_id, t)));
+        let mut ready = newly_ready.into_iter().peekable();
         while self.running < self.config.workers {
-            let Some((job_id, t)) = self.queued.pop_front() else {
-                break;
+            let fresh = ready.peek().map(|&(job_id, t)| self.priority_of(job_id, t));
+            let take_queued = match (self.queued.peek(), fresh) {
+                (Some(waiting), Some(fresh)) => waiting.priority >= fresh,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
             };
-            self.start_attempt(job_id, t, batch);
-        }
-        let mut ready = newly_ready.into_iter();
-        while self.running < self.config.workers {
-            let Some((job_id, t)) = ready.next() else { break };
+            let (job_id, t) = if take_queued {
+                match self.queued.pop() {
+                    Some(waiting) => (waiting.job_id, waiting.task),
+                    None => break,
+                }
+            } else {
+                match ready.next() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
             self.start_attempt(job_id, t, batch);
         }
         let now = batch.now();
@@ -1155,7 +1182,7 @@ impl Scheduler {
             let task = &mut job.tasks[t];
             if job.cancelling || !matches!(task.status, TaskStatus::Pending | TaskStatus::UpForRetry) {
                 if task.status == TaskStatus::Queued {
-                    self.queued.push_back((job_id, t));
+                    self.push_queued(job_id, t);
                 }
                 continue;
             }
@@ -1173,8 +1200,25 @@ impl Scheduler {
                 guard,
                 Effect::Publish(task_event(job, t, TaskEventKind::Queued, None, now)),
             );
-            self.queued.push_back((job_id, t));
+            self.push_queued(job_id, t);
         }
+    }
+
+    /// A task's dispatch priority (its IR `priority`; 0 if the job is gone).
+    fn priority_of(&self, job_id: JobId, t: usize) -> i32 {
+        self.jobs
+            .get(&job_id)
+            .map_or(0, |job| job.dag.plan.tasks()[t].priority)
+    }
+
+    fn push_queued(&mut self, job_id: JobId, t: usize) {
+        self.queued_seq += 1;
+        self.queued.push(Waiting {
+            priority: self.priority_of(job_id, t),
+            order: Reverse(self.queued_seq),
+            job_id,
+            task: t,
+        });
     }
 
     /// Distributed mode: persists a ready task as `queued` with the attempt
@@ -1574,7 +1618,7 @@ impl Scheduler {
         for waiter in job.cancel_waiters {
             let _ = waiter.send(CancelReply::NotActive);
         }
-        self.queued.retain(|(id, _)| *id != job_id);
+        self.queued.retain(|waiting| waiting.job_id != job_id);
         tracing::error!(job.id = %job_id, "job detached from this engine; its stored state stands");
     }
 

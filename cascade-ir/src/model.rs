@@ -137,7 +137,8 @@ pub struct TaskIr {
     /// The queue the task is dispatched on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// Claim priority among queued tasks, -1000 to 1000 (higher first; 0 by default).
+    /// Priority among tasks waiting for a runner, -1000 to 1000 (higher
+    /// starts first; 0 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
     /// Labels a worker must all have to claim this task (distributed mode).

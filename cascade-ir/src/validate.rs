@@ -156,7 +156,7 @@ pub struct TaskPlan {
     pub trigger_rule: TriggerRule,
     /// The queue.
     pub queue: String,
-    /// Claim priority among queued tasks (higher first).
+    /// Priority among tasks waiting for a runner (higher starts first).
     pub priority: i32,
     /// Labels a worker must all have to claim the task.
     pub labels: Vec<String>,

@@ -6,14 +6,49 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cascade_core::{JobStatus, TaskContext, TaskError, TaskStatus};
-use cascade_tests::{backend_tests, dag_from, engine, ir};
+use cascade_tests::{Log, backend_tests, dag_from, engine, ir};
 use serde_json::json;
 
 backend_tests!(
     params_and_upstream_results,
     diamond_branches_run_in_parallel,
-    fifty_jobs_of_twenty_tasks
+    fifty_jobs_of_twenty_tasks,
+    priority_orders_tasks_waiting_for_a_runner
 );
+
+/// With one runner, ready tasks start by `priority` (higher first), whether
+/// they were queued earlier or just became ready; IR order does not matter.
+async fn priority_orders_tasks_waiting_for_a_runner(url: &str) {
+    let cascade = engine(url, 1).await;
+    let log = Log::default();
+    let dag = dag_from(
+        r#"{"ir_version":1,"name":"prioritised","tasks":[
+            {"id":"low_root","handler":"h","priority":-1},
+            {"id":"high_root","handler":"h","priority":5},
+            {"id":"mid_root","handler":"h"},
+            {"id":"child","handler":"h","priority":3,"depends_on":["high_root"]}]}"#,
+    )
+    .with_handler("h", {
+        let log = log.clone();
+        move |ctx: TaskContext| {
+            let log = log.clone();
+            async move {
+                log.push(ctx.task_id());
+                Ok(json!(null))
+            }
+        }
+    });
+    let record = cascade.register_dag(dag).await.expect("register");
+    let job = cascade
+        .trigger_job(record.id, "manual", json!({}))
+        .await
+        .expect("trigger");
+    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    assert_eq!(job.status, JobStatus::Success);
+    // `child` (3), ready after `high_root`, overtakes the queued `mid_root` (0).
+    assert_eq!(log.entries(), ["high_root", "child", "mid_root", "low_root"]);
+    cascade.shutdown().await.expect("shutdown");
+}
 
 async fn params_and_upstream_results(url: &str) {
     let cascade = engine(url, 4).await;
