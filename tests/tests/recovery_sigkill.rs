@@ -79,7 +79,11 @@ async fn sigkill_mid_task(url: &str) {
     let dir = temp_dir("mid");
     let victim = start_victim(url, "mid_task", &dir);
     let job_id = victim.job_id;
-    wait_until("work to start in the child", || !marks(&dir, "work").is_empty());
+    // Kill it while `work` hangs, after its side effect (the ledger entry and
+    // its mark, written one after the other) is complete.
+    wait_until("work to charge in the child", || {
+        !marks(&dir, "ledger").is_empty()
+    });
     sigkill(victim);
 
     let cascade = survivor(url).await;
@@ -110,9 +114,14 @@ async fn sigkill_mid_task(url: &str) {
         work.iter().all(|line| line.ends_with("attempt 1")),
         "the attempt number was kept: {work:?}"
     );
+    let ledger_entries = std::fs::read_dir(&dir)
+        .expect("read the job dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("ledger-"))
+        .count();
     assert_eq!(
-        marks(&dir, "ledger").len(),
-        1,
+        (ledger_entries, marks(&dir, "ledger").len()),
+        (1, 1),
         "the idempotency key made the side effect exactly-once"
     );
     assert_eq!(marks(&dir, "finish").len(), 1);
