@@ -205,7 +205,13 @@ async fn callbacks_run_after_commit(url: &str) {
         JobStatus::Failed,
         "only shaky's failure decides the outcome"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Callbacks run after the commits they report, on tasks of their own:
+    // wait for the four expected ones, then a little longer for any extra.
+    let waiting = Instant::now();
+    while log.entries().len() < 4 && waiting.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut entries = log.entries();
     entries.sort();
     assert_eq!(
