@@ -130,8 +130,15 @@ async fn catchup_backfills_missed_ticks(url: &str) {
         .register_dag(every_second("catching_up", true))
         .await
         .expect("register");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = ticks(&second, record.id).await;
+    // The backfill runs on registration; give it up to 10 s on a loaded machine.
+    let waiting = std::time::Instant::now();
+    let mut after = ticks(&second, record.id).await;
+    while after.keys().filter(|t| **t > last_before).count() < 3
+        && waiting.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = ticks(&second, record.id).await;
+    }
     let seconds: Vec<i64> = after.keys().map(|t| t.timestamp()).collect();
     assert!(after.values().all(|&n| n == 1), "a tick fired twice: {after:?}");
     // Every second from the first tick to now, including the ones missed while no engine ran.
