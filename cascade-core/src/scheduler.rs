@@ -1151,7 +1151,7 @@ impl Scheduler {
             return;
         }
         // Stable: equal priorities keep the order in which they became ready.
-        newly_ready.sort_by_key(|&(job_id, t)| Reverse(self.priority_of(job_id, t)));
+        newly_ready.sort_by_cached_key(|&(job_id, t)| Reverse(self.priority_of(job_id, t)));
         let mut ready = newly_ready.into_iter().peekable();
         while self.running < self.config.workers {
             let fresh = ready.peek().map(|&(job_id, t)| self.priority_of(job_id, t));

@@ -8,7 +8,7 @@ pub mod dist;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use cascade_core::{Cascade, Dag, Event, EventStream, TaskEventKind};
+use cascade_core::{Cascade, Dag, Event, EventStream, Job, TaskEventKind};
 pub use cascade_store::testing::{TestDb, postgres_url, sqlite_url};
 use tokio_stream::StreamExt;
 
@@ -59,6 +59,17 @@ pub async fn engine(url: &str, workers: usize) -> Cascade {
         .build()
         .await
         .expect("engine starts")
+}
+
+/// Registers `dag`, triggers one manual job without params, and waits until
+/// it finishes.
+pub async fn run_job(cascade: &Cascade, dag: Dag) -> Job {
+    let record = cascade.register_dag(dag).await.expect("register");
+    let job = cascade
+        .trigger_job(record.id, "manual", serde_json::json!({}))
+        .await
+        .expect("trigger");
+    cascade.wait_for_job(job.id).await.expect("wait")
 }
 
 /// JSON IR for a DAG: `tasks` is a list of `(id, handler, depends_on)`.

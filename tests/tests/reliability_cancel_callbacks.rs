@@ -10,7 +10,7 @@ use cascade_core::{
     CallbackContext, CallbackEvent, Cascade, Error, JobStatus, TaskContext, TaskError, TaskEventKind,
     TaskStatus, Topic,
 };
-use cascade_tests::{Log, backend_tests, dag_from, engine, wait_for_task_event};
+use cascade_tests::{Log, backend_tests, dag_from, engine, run_job, wait_for_task_event};
 use serde_json::json;
 
 backend_tests!(
@@ -194,12 +194,7 @@ async fn callbacks_run_after_commit(url: &str) {
     .with_callback("dag_ok", observe("dag_ok", &log))
     .with_callback("panicky", |_ctx: CallbackContext| async { panic!("callback bug") })
     .with_callback("erring", |_ctx: CallbackContext| async { Err(TaskError::new("callback failed")) });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(
         job.status,
         JobStatus::Failed,
@@ -275,12 +270,7 @@ async fn trigger_rules(url: &str) {
     let dag = dag_from(&ir)
         .with_handler("ok", |_ctx: TaskContext| async { Ok(json!("ok")) })
         .with_handler("bad", |_ctx: TaskContext| async { Err(TaskError::fatal("bad")) });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Failed);
     let rows = cascade
         .store()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use cascade_core::{
     Dag, Error, IrError, JobStatus, TaskContext, TaskError, TaskEventKind, TaskStatus, Topic, ValidationError,
 };
-use cascade_tests::{backend_tests, dag_from, engine, ir, wait_for_task_event};
+use cascade_tests::{backend_tests, dag_from, engine, ir, run_job, wait_for_task_event};
 use serde_json::json;
 
 backend_tests!(
@@ -56,12 +56,7 @@ async fn retry_job_reruns_from_the_failure(url: &str) {
     })
     .with_handler("report", counted(2))
     .with_handler("side", counted(3));
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Failed);
 
     broken.store(false, Ordering::SeqCst);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cascade_core::{
     Cascade, Dag, Event, JobStatus, TaskContext, TaskError, TaskEventKind, TaskStatus, Topic,
 };
-use cascade_tests::{backend_tests, dag_from, engine, wait_for_task_event};
+use cascade_tests::{backend_tests, dag_from, engine, run_job, wait_for_task_event};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -124,12 +124,7 @@ async fn fatal_error_is_not_retried(url: &str) {
                 Err(TaskError::fatal("configuration is wrong"))
             }
         });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     cascade.shutdown().await.expect("shutdown");
@@ -158,12 +153,7 @@ async fn timeout_stops_the_handler_and_retries(url: &str) {
             Ok(json!("too late"))
         }
     });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Failed);
     let attempts = cascade
         .store()

@@ -1,7 +1,7 @@
 //! Failures: a failing task, a panicking task, unknown ids.
 
 use cascade_core::{DagId, Error, JobId, JobStatus, TaskContext, TaskError, TaskStatus};
-use cascade_tests::{backend_tests, dag_from, engine, ir};
+use cascade_tests::{backend_tests, dag_from, engine, ir, run_job};
 use serde_json::json;
 
 backend_tests!(
@@ -26,12 +26,7 @@ async fn failing_middle_task(url: &str) {
     .with_handler("fail", |_ctx: TaskContext| async {
         Err(TaskError::fatal("disk full"))
     });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.clone().unwrap_or_default();
     assert!(

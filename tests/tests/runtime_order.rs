@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cascade_core::{JobStatus, TaskContext, TaskError, TaskStatus};
-use cascade_tests::{Log, backend_tests, dag_from, engine, ir};
+use cascade_tests::{Log, backend_tests, dag_from, engine, ir, run_job};
 use serde_json::json;
 
 backend_tests!(
@@ -38,12 +38,7 @@ async fn priority_orders_tasks_waiting_for_a_runner(url: &str) {
             }
         }
     });
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Success);
     // `child` (3), ready after `high_root`, overtakes the queued `mid_root` (0).
     assert_eq!(log.entries(), ["high_root", "child", "mid_root", "low_root"]);
@@ -161,12 +156,7 @@ async fn diamond_branches_run_in_parallel(url: &str) {
         ],
     ))
     .with_handler("h", handler);
-    let record = cascade.register_dag(dag).await.expect("register");
-    let job = cascade
-        .trigger_job(record.id, "manual", json!({}))
-        .await
-        .expect("trigger");
-    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    let job = run_job(&cascade, dag).await;
     assert_eq!(job.status, JobStatus::Success);
 
     let spans = spans.lock().expect("lock").clone();
