@@ -365,29 +365,12 @@ async fn reconcile(engine: std::sync::Weak<Inner>, interval: Duration, stop: Can
         }
         let Ok(jobs) = answer.await else { return };
         for job_id in jobs {
-            let rows = match cascade.store().list_task_executions_for_job(job_id).await {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::warn!(%error, "reconcile: could not read tasks");
-                    break;
-                }
-            };
-            for row in rows {
-                if matches!(row.status, TaskStatus::Pending) {
-                    continue;
-                }
-                let update = RemoteTaskUpdate {
-                    job_id,
-                    task_id: row.task_id,
-                    token: row.fencing_token,
-                    attempt: u32::try_from(row.attempt).unwrap_or(0),
-                    status: row.status,
-                    error: row.error,
-                    next_attempt_at: row.next_attempt_at,
-                };
-                if cascade.send(Command::Remote(update)).await.is_err() {
+            if let Err(error) = cascade.sync_tasks_from_store(job_id).await {
+                tracing::warn!(%error, "reconcile: could not read tasks");
+                if matches!(error, Error::ShutDown) {
                     return;
                 }
+                break;
             }
         }
     }
@@ -871,6 +854,7 @@ impl Cascade {
     /// [`Error::JobAlreadyFinished`] says so.
     #[tracing::instrument(skip(self), err)]
     pub async fn cancel_job(&self, job_id: JobId) -> Result<()> {
+        self.sync_before_cancel(job_id).await;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Cancel { job_id, reply }).await?;
         match answer.await.unwrap_or(CancelReply::NotActive) {
@@ -880,8 +864,43 @@ impl Cascade {
         }
     }
 
+    /// Tells this engine's scheduler what workers committed for a job's tasks
+    /// (claims, outcomes), as read from the store: the fallback for
+    /// notifications that were lost or have not arrived yet.
+    pub(crate) async fn sync_tasks_from_store(&self, job_id: JobId) -> Result<()> {
+        let rows = self.inner.store.list_task_executions_for_job(job_id).await?;
+        for row in rows {
+            if matches!(row.status, TaskStatus::Pending) {
+                continue;
+            }
+            let update = RemoteTaskUpdate {
+                job_id,
+                task_id: row.task_id,
+                token: row.fencing_token,
+                attempt: u32::try_from(row.attempt).unwrap_or(0),
+                status: row.status,
+                error: row.error,
+                next_attempt_at: row.next_attempt_at,
+            };
+            self.send(Command::Remote(update)).await?;
+        }
+        Ok(())
+    }
+
+    /// Before a scheduler cancels a job, it learns of claims whose
+    /// announcement has not reached it yet, so that it cancels those tasks
+    /// as running (on their workers) rather than as queued.
+    async fn sync_before_cancel(&self, job_id: JobId) {
+        if self.inner.role == Role::Scheduler
+            && let Err(error) = self.sync_tasks_from_store(job_id).await
+        {
+            tracing::warn!(%error, job.id = %job_id, "could not read the job's tasks before cancelling");
+        }
+    }
+
     /// Cancels a job this engine runs, for a request that came from another node.
     pub(crate) async fn cancel_if_active(&self, job_id: JobId) {
+        self.sync_before_cancel(job_id).await;
         let (reply, answer) = oneshot::channel();
         if self.send(Command::Cancel { job_id, reply }).await.is_ok() {
             // The requester watches the store; nothing to report back here.
