@@ -118,7 +118,7 @@ async fn handle(cascade: &Cascade, notification: Notification) {
         },
         JOBS_CHANNEL => {
             let dag_ids = cascade.registered_ids();
-            if let Err(error) = cascade.adopt_orphaned_jobs(&dag_ids).await {
+            if let Err(error) = cascade.adopt_orphaned_jobs(&dag_ids, false).await {
                 tracing::warn!(%error, "could not take over a new job; the lease keeper retries");
             }
         }

@@ -26,7 +26,7 @@ pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
         }
         let dag_ids = cascade.registered_ids();
         if !dag_ids.is_empty() {
-            match cascade.adopt_orphaned_jobs(&dag_ids).await {
+            match cascade.adopt_orphaned_jobs(&dag_ids, false).await {
                 Ok(0) => {}
                 Ok(adopted) => {
                     tracing::info!(adopted, "took over jobs whose owner stopped renewing its lease")

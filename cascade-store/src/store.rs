@@ -785,6 +785,75 @@ impl Store {
         rows.into_iter().map(Job::try_from).collect()
     }
 
+    /// Up to `limit` unfinished (`pending` or `running`) jobs, oldest first,
+    /// whoever owns them: of the given DAGs, or of every DAG when `dag_ids` is
+    /// `None`; without those owned by `except_owner` when given. What a caller
+    /// looks through for jobs left by engines that are gone.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
+    /// for job in store.list_unfinished_jobs(None, None, 100).await? {
+    ///     println!("job {} is owned by {:?}", job.id, job.owner);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self, dag_ids), err)]
+    pub async fn list_unfinished_jobs(
+        &self,
+        dag_ids: Option<&[DagId]>,
+        except_owner: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        if limit <= 0 || dag_ids.is_some_and(<[DagId]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let dag_ids: Option<Vec<i64>> = dag_ids.map(|ids| ids.iter().map(|id| id.0).collect());
+        let rows: Vec<JobRow> = read!(self, |c| {
+            let mut query = jobs::table
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(JobRow::as_select())
+                .into_boxed();
+            if let Some(ids) = &dag_ids {
+                query = query.filter(jobs::dag_id.eq_any(ids));
+            }
+            if let Some(owner) = except_owner {
+                query = query.filter(jobs::owner.is_null().or(jobs::owner.ne(owner)));
+            }
+            query.load(c).await
+        })
+        .map_err(|e| StoreError::from(e).during("list_unfinished_jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Takes an unfinished job over from `previous_owner`, whatever its lease
+    /// says, in one compare-and-set: for an owner known to be gone (a process
+    /// on this host that no longer exists). Returns whether it won; it loses
+    /// when the job finished or changed owner meanwhile.
+    #[instrument(skip(self), err)]
+    pub async fn take_over_job(
+        &self,
+        job_id: JobId,
+        previous_owner: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let lease_until = naive(lease_until);
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table.find(job_id.0))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::owner.eq(previous_owner))
+                .set((jobs::owner.eq(owner), jobs::lease_expires_at.eq(lease_until)))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("take_over_job"))?;
+        Ok(n == 1)
+    }
+
     // ----- transitions --------------------------------------------------------
 
     /// Compare-and-set on a job; `true` if the job was in `from` and is now in `to`.
