@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cascade_store::{
     Backend, DagRecord, ErrorKind, Job, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store,
-    StoreOptions, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    StoreOptions, StoreReader, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -263,6 +263,7 @@ impl CascadeBuilder {
         let (worker_cancels, cancels_rx) = mpsc::unbounded_channel();
         let cascade = Cascade {
             inner: Arc::new(Inner {
+                reader: StoreReader::from(store.clone()),
                 store,
                 events,
                 commands,
@@ -456,6 +457,7 @@ pub struct Cascade {
 #[derive(Debug)]
 pub(crate) struct Inner {
     store: Store,
+    reader: StoreReader,
     events: EventBus,
     commands: mpsc::Sender<Command>,
     registry: RwLock<HashMap<DagId, Arc<RegisteredDag>>>,
@@ -537,8 +539,14 @@ impl Cascade {
         CascadeBuilder::default()
     }
 
-    /// The store, for queries: DAGs, jobs, task executions, attempts.
-    pub fn store(&self) -> &Store {
+    /// The store, for queries: DAGs, jobs, task executions, attempts,
+    /// workers. Read-only: every change goes through the engine's verbs.
+    pub fn store(&self) -> &StoreReader {
+        &self.inner.reader
+    }
+
+    /// The store with its write verbs, for the engine's own parts.
+    pub(crate) fn raw_store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -937,7 +945,7 @@ impl Cascade {
                 .map(|t| TaskState {
                     task_id: t.task_id,
                     status: t.status,
-                    attempt: u32::try_from(t.attempt).unwrap_or(0),
+                    attempt: t.attempt,
                 })
                 .collect(),
         })
@@ -975,7 +983,7 @@ impl Cascade {
                 job_id,
                 task_id: row.task_id,
                 token: row.fencing_token,
-                attempt: u32::try_from(row.attempt).unwrap_or(0),
+                attempt: row.attempt,
                 status: row.status,
                 error: row.error,
                 next_attempt_at: row.next_attempt_at,

@@ -33,7 +33,7 @@ pub(crate) async fn run_leader(
         };
         let inner = cascade.inner();
         match &mut leadership {
-            None => match cascade.store().try_lead(LEADER_LOCK).await {
+            None => match cascade.raw_store().try_lead(LEADER_LOCK).await {
                 Ok(Some(lead)) => {
                     tracing::info!(worker = %cascade.worker_id(), "became the leader: cron and the reaper run here");
                     leadership = Some(lead);
@@ -64,7 +64,7 @@ pub(crate) async fn run_leader(
 /// Returns tasks whose lease lapsed to the queue and declares silent workers lost.
 async fn reap(cascade: &Cascade, worker_timeout: Duration) {
     let now = Utc::now();
-    match cascade.store().requeue_expired_tasks(now, 500).await {
+    match cascade.raw_store().requeue_expired_tasks(now, 500).await {
         Ok(rows) if !rows.is_empty() => {
             let mut batch = cascade_store::TransitionBatch::default();
             for row in &rows {
@@ -76,7 +76,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                     job_id: row.job_id,
                     task_id: row.task_id.clone(),
                     token: row.fencing_token,
-                    attempt: u32::try_from(row.attempt).unwrap_or(0),
+                    attempt: row.attempt,
                     status: row.status,
                     error: None,
                     next_attempt_at: None,
@@ -90,7 +90,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                     payload: row.queue.clone(),
                 });
             }
-            if let Err(error) = cascade.store().commit_transitions(&batch).await {
+            if let Err(error) = cascade.raw_store().commit_transitions(&batch).await {
                 tracing::warn!(%error, "could not announce re-queued tasks; workers find them by polling");
             }
         }
@@ -99,7 +99,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
     }
     let stale_before =
         now - chrono::Duration::from_std(worker_timeout).unwrap_or(chrono::Duration::seconds(15));
-    match cascade.store().mark_lost_workers(stale_before).await {
+    match cascade.raw_store().mark_lost_workers(stale_before).await {
         Ok(lost) => {
             for worker in lost {
                 tracing::warn!(worker = %worker.id, last_heartbeat = %worker.last_heartbeat, "worker lost");

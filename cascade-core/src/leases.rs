@@ -18,7 +18,7 @@ pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
         let lease_until =
             Utc::now() + chrono::Duration::from_std(cascade.lease()).unwrap_or(chrono::Duration::seconds(30));
         if let Err(error) = cascade
-            .store()
+            .raw_store()
             .renew_job_leases(cascade.worker_id(), lease_until)
             .await
         {

@@ -65,9 +65,9 @@ mod worker;
 pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationError, ValidationErrors};
 pub use cascade_macros::dag;
 pub use cascade_store::{
-    Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus,
-    SqliteSynchronous, Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus, WorkerRecord,
-    WorkerRole, WorkerState,
+    AttemptSummary, Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId,
+    JobStatus, SqliteSynchronous, Store, StoreError, StoreOptions, StoreReader, TaskAttempt, TaskExecution,
+    TaskStatus, WorkerRecord, WorkerRole, WorkerState,
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{

@@ -591,11 +591,11 @@ impl Scheduler {
             };
             let task = &mut tasks[i];
             task.status = row.status;
-            task.attempt = u32::try_from(row.attempt).unwrap_or(0);
+            task.attempt = row.attempt;
             task.token = row.fencing_token;
             task.result = row.result.map(Arc::new);
             task.started_at = row.started_at;
-            task.retry_base = u32::try_from(row.retry_base).unwrap_or(0);
+            task.retry_base = row.retry_base;
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {
@@ -737,7 +737,7 @@ impl Scheduler {
         let record = |status: TaskStatus, error: Option<String>, output: Option<String>| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
-            attempt: attempt as i32,
+            attempt,
             status,
             worker: Some(worker_id.clone()),
             error,
@@ -847,7 +847,7 @@ impl Scheduler {
         let record = |status: TaskStatus| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
-            attempt: attempt as i32,
+            attempt,
             status,
             worker: Some(worker_id.clone()),
             error: Some(message.clone()),
@@ -1240,7 +1240,7 @@ impl Scheduler {
         let attempt = task.next_attempt();
         let queue = job.dag.plan.tasks()[t].queue.clone();
         let changes = TaskChanges {
-            attempt: Some(attempt as i32),
+            attempt: Some(attempt),
             clear_outcome: true,
             ..TaskChanges::default()
         };
@@ -1362,7 +1362,7 @@ impl Scheduler {
         let attempt = task.next_attempt();
         let token = task.token + 1;
         let changes = TaskChanges {
-            attempt: Some(attempt as i32),
+            attempt: Some(attempt),
             fencing_token: Some(token),
             worker: Some(self.config.worker_id.clone()),
             started_at: Some(now),

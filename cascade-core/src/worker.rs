@@ -82,7 +82,7 @@ pub(crate) async fn run_worker(
         config.capacity,
         WorkerRole::Worker,
     );
-    if let Err(error) = cascade.store().register_worker(&info).await {
+    if let Err(error) = cascade.raw_store().register_worker(&info).await {
         tracing::error!(%error, "could not register the worker; it will retry with its heartbeat");
     }
     cascade.publish(Event::Worker(WorkerEvent {
@@ -185,7 +185,7 @@ pub(crate) async fn run_worker(
                     config.heartbeat_interval,
                     // Only the attempts running here keep their leases: a row
                     // whose claim or outcome got lost lapses and is re-queued.
-                    cascade.store().heartbeat_worker_tasks(
+                    cascade.raw_store().heartbeat_worker_tasks(
                         &id,
                         now,
                         now + chrono(config.task_lease),
@@ -195,7 +195,7 @@ pub(crate) async fn run_worker(
                 .await
                 .unwrap_or_else(|_| {
                     Err(cascade_store::StoreError::Unavailable {
-                        url: cascade.store().url().to_owned(),
+                        url: cascade.raw_store().url().to_owned(),
                         attempts: 1,
                         source: "heartbeat timed out".into(),
                     })
@@ -210,7 +210,7 @@ pub(crate) async fn run_worker(
                     }
                     Err(error) if error.kind() == cascade_store::ErrorKind::NotFound => {
                         // Declared lost while we were away: register again.
-                        let _ = cascade.store().register_worker(&info).await;
+                        let _ = cascade.raw_store().register_worker(&info).await;
                     }
                     Err(error) => {
                         database_ok = false;
@@ -231,7 +231,7 @@ pub(crate) async fn run_worker(
         }
     }
     if let Some(cascade) = engine.upgrade().map(Cascade::from_inner) {
-        if let Err(error) = cascade.store().deregister_worker(&id).await {
+        if let Err(error) = cascade.raw_store().deregister_worker(&id).await {
             tracing::warn!(%error, "could not deregister the worker");
         }
         cascade.publish(Event::Worker(WorkerEvent {
@@ -280,7 +280,7 @@ pub(crate) async fn keep_registered(
         let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
             return;
         };
-        let store = cascade.store();
+        let store = cascade.raw_store();
         let beat = if registered {
             let now = Utc::now();
             store
@@ -321,7 +321,7 @@ async fn claim(
     }
     let now = Utc::now();
     let claimed = cascade
-        .store()
+        .raw_store()
         .claim_tasks(&ClaimRequest {
             worker: id.to_owned(),
             queues: config.queues.clone(),
@@ -342,7 +342,7 @@ async fn claim(
         }
     }
     if !announce.notifications.is_empty()
-        && let Err(error) = cascade.store().commit_transitions(&announce).await
+        && let Err(error) = cascade.raw_store().commit_transitions(&announce).await
     {
         tracing::warn!(%error, "could not announce claims; schedulers learn of them by polling");
     }
@@ -382,14 +382,14 @@ async fn start(
         std::collections::HashMap::new()
     } else {
         cascade
-            .store()
+            .raw_store()
             .upstream_results(execution.job_id, &dependencies)
             .await?
             .into_iter()
             .filter_map(|(task, result)| result.map(|r| (Arc::from(task.as_str()), Arc::new(r))))
             .collect()
     };
-    let attempt = u32::try_from(execution.attempt).unwrap_or(1).max(1);
+    let attempt = execution.attempt.max(1);
     let cancellation = CancellationToken::new();
     let context = TaskContext::new(
         execution.job_id,
@@ -447,7 +447,7 @@ async fn start(
             task: t,
             token: execution.fencing_token,
             attempt,
-            retry_base: u32::try_from(execution.retry_base).unwrap_or(0),
+            retry_base: execution.retry_base,
             started_at,
             cancellation,
             abort,
@@ -531,7 +531,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 record_attempt: Some(TaskAttempt {
                     job_id,
                     task_id: task_id.clone(),
-                    attempt: number as i32,
+                    attempt: number,
                     status: to,
                     worker: Some(worker.to_owned()),
                     error: error.clone(),
@@ -551,7 +551,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
     if batch.tasks.is_empty() {
         return;
     }
-    let outcome = match cascade.store().commit_transitions(&batch).await {
+    let outcome = match cascade.raw_store().commit_transitions(&batch).await {
         Ok(outcome) => outcome,
         Err(error) => {
             tracing::error!(

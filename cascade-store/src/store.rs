@@ -14,8 +14,8 @@ use crate::error::{Result, StoreError};
 use crate::ids::{DagId, JobId, JobStatus};
 use crate::json::JsonValue;
 use crate::model::{
-    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
-    NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
+    AttemptSummary, BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
+    JobTransition, NewDag, NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
 };
 use crate::options::StoreOptions;
 use crate::rows::{
@@ -543,7 +543,7 @@ impl Store {
     /// A job with its DAG and all its task executions, read consistently.
     #[instrument(skip(self), err)]
     pub async fn get_job_with_details(&self, job_id: JobId) -> Result<JobDetails> {
-        let found: Option<(JobRow, DagRow, Vec<TaskRow>)> = read!(self, |c| {
+        let found: Option<(JobRow, DagRow, Vec<TaskRow>, Vec<AttemptSpan>)> = read!(self, |c| {
             c.transaction(async |c| -> Result<_> {
                 let Some(job) = jobs::table
                     .find(job_id.0)
@@ -565,19 +565,31 @@ impl Store {
                     .select(TaskRow::as_select())
                     .load(c)
                     .await?;
-                Ok(Some((job, dag, tasks)))
+                let spans: Vec<AttemptSpan> = task_attempts::table
+                    .filter(task_attempts::job_id.eq(job_id.0))
+                    .select((
+                        task_attempts::task_id,
+                        task_attempts::started_at,
+                        task_attempts::finished_at,
+                    ))
+                    .load(c)
+                    .await?;
+                Ok(Some((job, dag, tasks, spans)))
             })
             .await
         })
         .map_err(|e| e.during("get_job_with_details"))?;
-        let (job, dag, tasks) = found.ok_or(StoreError::JobNotFound { job_id })?;
+        let (job, dag, tasks, spans) = found.ok_or(StoreError::JobNotFound { job_id })?;
+        let tasks: Vec<TaskExecution> = tasks
+            .into_iter()
+            .map(TaskExecution::try_from)
+            .collect::<Result<_>>()?;
+        let attempt_summaries = summarize_attempts(&tasks, spans);
         Ok(JobDetails {
             job: job.try_into()?,
             dag: dag.into(),
-            tasks: tasks
-                .into_iter()
-                .map(TaskExecution::try_from)
-                .collect::<Result<_>>()?,
+            tasks,
+            attempt_summaries,
         })
     }
 
@@ -985,3 +997,40 @@ where
 mod distributed;
 
 pub use self::distributed::{Leadership, NotificationStream};
+
+/// An attempt's task, start and end, as read for [`AttemptSummary`].
+type AttemptSpan = (
+    String,
+    Option<chrono::NaiveDateTime>,
+    Option<chrono::NaiveDateTime>,
+);
+
+/// Adds up each task's attempts, in the order of `tasks`.
+fn summarize_attempts(tasks: &[TaskExecution], spans: Vec<AttemptSpan>) -> Vec<AttemptSummary> {
+    let mut by_task: std::collections::HashMap<String, AttemptSummary> = std::collections::HashMap::new();
+    for (task_id, started, finished) in spans {
+        let summary = by_task.entry(task_id.clone()).or_insert_with(|| AttemptSummary {
+            task_id,
+            attempts: 0,
+            first_started_at: None,
+            last_finished_at: None,
+            total_run_time: std::time::Duration::ZERO,
+        });
+        summary.attempts += 1;
+        let started = started.map(|t| t.and_utc());
+        let finished = finished.map(|t| t.and_utc());
+        if let Some(s) = started {
+            summary.first_started_at = Some(summary.first_started_at.map_or(s, |f| f.min(s)));
+        }
+        if let Some(f) = finished {
+            summary.last_finished_at = Some(summary.last_finished_at.map_or(f, |l| l.max(f)));
+        }
+        if let (Some(s), Some(f)) = (started, finished) {
+            summary.total_run_time += (f - s).to_std().unwrap_or_default();
+        }
+    }
+    tasks
+        .iter()
+        .filter_map(|task| by_task.remove(&task.task_id))
+        .collect()
+}

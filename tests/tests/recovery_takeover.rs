@@ -149,8 +149,9 @@ async fn a_job_another_host_holds_waits_for_its_lease(url: &str) {
         record
     };
     let lease_end = Utc::now() + chrono::Duration::seconds(3);
-    let created = cascade
-        .store()
+    let created = cascade_core::Store::open(Some(url))
+        .await
+        .expect("store")
         .create_job(NewJob {
             dag_id: record.id,
             dag_version: record.version,
