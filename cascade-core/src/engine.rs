@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEventKind};
 use crate::owner::{self, OrphanedJob};
 use crate::scheduler::RemoteTaskUpdate;
-use crate::scheduler::{CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
+use crate::scheduler::{ActiveJobs, CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
 use crate::state::{JobState, StateManager, TaskState};
 use crate::worker::{self, WorkerConfig};
 use crate::{DagId, JobId};
@@ -246,12 +246,14 @@ impl CascadeBuilder {
         let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY), outbox);
         let (commands, inbox) = mpsc::channel(1024);
         let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
+        let active = ActiveJobs::default();
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 workers,
                 worker_id: worker_id.clone(),
                 cancel_grace,
                 remote_dispatch: role == Role::Scheduler,
+                active: active.clone(),
             },
             StateManager::new(store.clone()),
             events.clone(),
@@ -264,6 +266,7 @@ impl CascadeBuilder {
         let cascade = Cascade {
             inner: Arc::new(Inner {
                 reader: StoreReader::from(store.clone()),
+                active,
                 store,
                 events,
                 commands,
@@ -457,6 +460,8 @@ pub struct Cascade {
 #[derive(Debug)]
 pub(crate) struct Inner {
     store: Store,
+    /// The jobs the scheduler runs now.
+    active: ActiveJobs,
     reader: StoreReader,
     events: EventBus,
     commands: mpsc::Sender<Command>,
@@ -523,6 +528,11 @@ impl Cascade {
     /// Whether this engine leads: fires cron ticks and reaps lapsed leases.
     pub(crate) fn is_leader(&self) -> bool {
         self.inner.is_leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The jobs this engine's scheduler runs now.
+    pub(crate) fn running_jobs(&self) -> Vec<JobId> {
+        self.inner.active.ids()
     }
 
     /// The lease on the jobs this engine runs.

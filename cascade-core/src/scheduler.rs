@@ -149,6 +149,10 @@ pub(crate) enum Command {
         job_id: JobId,
         reply: oneshot::Sender<Option<JobState>>,
     },
+    /// These jobs are no longer this engine's (its lease renewal did not
+    /// cover them: another engine took them over): stop their attempts and
+    /// forget them.
+    Detach { job_ids: Vec<JobId> },
     /// Stop starting attempts, let running ones finish for up to `timeout`,
     /// then stop.
     Shutdown {
@@ -190,6 +194,32 @@ pub(crate) struct SchedulerConfig {
     /// Distributed mode: ready tasks are queued in the store for worker
     /// processes to claim instead of running here.
     pub(crate) remote_dispatch: bool,
+    /// The jobs this scheduler runs, shared with the lease keeper, which
+    /// renews exactly these.
+    pub(crate) active: ActiveJobs,
+}
+
+/// The ids of the jobs a scheduler runs, readable without asking it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ActiveJobs(Arc<std::sync::Mutex<std::collections::HashSet<JobId>>>);
+
+impl ActiveJobs {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<JobId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, job_id: JobId) {
+        self.set().insert(job_id);
+    }
+
+    fn remove(&self, job_id: JobId) {
+        self.set().remove(&job_id);
+    }
+
+    /// The jobs run now.
+    pub(crate) fn ids(&self) -> Vec<JobId> {
+        self.set().iter().copied().collect()
+    }
 }
 
 /// What a failed attempt leads to: a retry after the backoff (`up_for_retry`
@@ -511,6 +541,14 @@ impl Scheduler {
                     let _ = reply.send(false);
                 }
             },
+            Command::Detach { job_ids } => {
+                for job_id in job_ids {
+                    if self.jobs.contains_key(&job_id) {
+                        tracing::warn!(job.id = %job_id, "this engine's lease on the job ended and another engine owns it now; stopping its attempts here");
+                        self.detach_job(job_id);
+                    }
+                }
+            }
             Command::ActiveJobs { reply } => {
                 let _ = reply.send(self.jobs.keys().copied().collect());
             }
@@ -571,6 +609,7 @@ impl Scheduler {
             }
         }
         tracing::info!(job.id = %job.id, dag = %run.dag.name, tasks = n, "job started");
+        self.config.active.insert(job.id);
         self.jobs.insert(job.id, run);
     }
 
@@ -681,6 +720,7 @@ impl Scheduler {
             }
         }
         tracing::info!(job.id = %job.id, dag = %run.dag.name, unfinished = run.unfinished, "job resumed");
+        self.config.active.insert(job.id);
         self.jobs.insert(job.id, run);
         // Retries whose backoff was persisted fire at the stored time, or now if it passed.
         for (i, token, next_attempt_at) in retry_timers {
@@ -1527,6 +1567,7 @@ impl Scheduler {
                 cancel_waiters,
             } => {
                 self.jobs.remove(&job_id);
+                self.config.active.remove(job_id);
                 for waiter in waiters {
                     let _ = waiter.send(true);
                 }
@@ -1605,6 +1646,7 @@ impl Scheduler {
         let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
+        self.config.active.remove(job_id);
         job.cancellation.cancel();
         for task in &job.tasks {
             if let Some(abort) = &task.abort {

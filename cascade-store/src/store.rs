@@ -727,6 +727,36 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Extends to `lease_until` the lease of those of `job_ids` that are still
+    /// unfinished and owned by `owner`; returns the ids it extended. An id
+    /// missing from the answer is no longer this owner's to run (another
+    /// engine took it over after its lease ended, or it finished).
+    #[instrument(skip(self, job_ids), fields(n = job_ids.len()), err)]
+    pub async fn renew_leases_of_jobs(
+        &self,
+        owner: &str,
+        job_ids: &[JobId],
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<JobId>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_until = naive(lease_until);
+        let ids: Vec<i64> = job_ids.iter().map(|id| id.0).collect();
+        let renewed: Vec<i64> = write_one!(self, |c| {
+            diesel::update(jobs::table)
+                .filter(jobs::id.eq_any(&ids))
+                .filter(jobs::owner.eq(owner))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .set(jobs::lease_expires_at.eq(lease_until))
+                .returning(jobs::id)
+                .get_results(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("renew_leases_of_jobs"))?;
+        Ok(renewed.into_iter().map(JobId).collect())
+    }
+
     /// Gives up every job owned by `owner` (owner and lease become NULL), for
     /// a graceful shutdown: other engines may claim them at once. Returns how
     /// many jobs that was.
