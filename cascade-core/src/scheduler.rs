@@ -174,6 +174,21 @@ pub(crate) struct RemoteTaskUpdate {
     pub(crate) next_attempt_at: Option<DateTime<Utc>>,
 }
 
+impl RemoteTaskUpdate {
+    /// What a committed task row says, for the scheduler to apply.
+    pub(crate) fn from_row(row: TaskExecution) -> Self {
+        RemoteTaskUpdate {
+            job_id: row.job_id,
+            task_id: row.task_id,
+            token: row.fencing_token,
+            attempt: row.attempt,
+            status: row.status,
+            error: row.error,
+            next_attempt_at: row.next_attempt_at,
+        }
+    }
+}
+
 /// The answer to a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CancelReply {

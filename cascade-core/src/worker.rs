@@ -203,6 +203,21 @@ pub(crate) async fn run_worker(
                 match beat {
                     Ok(_) => {
                         last_heartbeat = Instant::now();
+                        // Cancels are stored requests: found here even when
+                        // their notification never arrived.
+                        let mut jobs: Vec<JobId> = running.keys().map(|(job, _)| *job).collect();
+                        jobs.sort_unstable();
+                        jobs.dedup();
+                        match cascade.raw_store().jobs_with_cancel_requests(&jobs).await {
+                            Ok(cancelled) => {
+                                for job_id in cancelled {
+                                    if running.iter().any(|((job, _), r)| *job == job_id && !r.job_cancelled) {
+                                        let _ = cascade.inner().worker_cancels.send(job_id);
+                                    }
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "could not read cancel requests"),
+                        }
                         if !database_ok {
                             tracing::info!("database reachable again; claiming resumes");
                         }

@@ -83,6 +83,10 @@ pub struct Job {
     /// When the owner's lease lapses; after that another engine may claim the
     /// job. `None` with an owner means the lease never lapses.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When a cancel of this job was requested
+    /// ([`Store::request_cancel`](crate::Store::request_cancel)), if it was:
+    /// whichever node runs the job cancels it.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 /// The stored state of one task within one job.

@@ -615,6 +615,23 @@ impl Store {
         rows.into_iter().map(Job::try_from).collect()
     }
 
+    /// One task execution of a job, as committed; `None` if the job has no
+    /// such task.
+    #[instrument(skip(self), err)]
+    pub async fn get_task_execution(&self, job_id: JobId, task_id: &str) -> Result<Option<TaskExecution>> {
+        let row: Option<TaskRow> = read!(self, |c| {
+            task_executions::table
+                .filter(task_executions::job_id.eq(job_id.0))
+                .filter(task_executions::task_id.eq(task_id))
+                .select(TaskRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| StoreError::from(e).during("get_task_execution"))?;
+        row.map(TaskExecution::try_from).transpose()
+    }
+
     /// The task executions of a job, in creation order (empty for an unknown job).
     #[instrument(skip(self), err)]
     pub async fn list_task_executions_for_job(&self, job_id: JobId) -> Result<Vec<TaskExecution>> {
@@ -755,6 +772,49 @@ impl Store {
         })
         .map_err(|e| StoreError::from(e).during("renew_leases_of_jobs"))?;
         Ok(renewed.into_iter().map(JobId).collect())
+    }
+
+    /// Records a request to cancel a job, if it is unfinished; returns whether
+    /// it is (a finished job is left as it is). Whichever node runs the job
+    /// reads the request from the row and cancels it; a notification only
+    /// wakes nodes up to look.
+    #[instrument(skip(self), err)]
+    pub async fn request_cancel(&self, job_id: JobId) -> Result<bool> {
+        let now = naive(rows::now());
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table.find(job_id.0))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::cancel_requested_at.is_null())
+                .set(jobs::cancel_requested_at.eq(now))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("request_cancel"))?;
+        if n == 1 {
+            return Ok(true);
+        }
+        let job = self.get_job(job_id).await?;
+        Ok(!job.status.is_terminal())
+    }
+
+    /// Those of `job_ids` that are unfinished and have a stored cancel request.
+    #[instrument(skip(self, job_ids), fields(n = job_ids.len()), err)]
+    pub async fn jobs_with_cancel_requests(&self, job_ids: &[JobId]) -> Result<Vec<JobId>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = job_ids.iter().map(|id| id.0).collect();
+        let found: Vec<i64> = read!(self, |c| {
+            jobs::table
+                .filter(jobs::id.eq_any(&ids))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::cancel_requested_at.is_not_null())
+                .select(jobs::id)
+                .load(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("jobs_with_cancel_requests"))?;
+        Ok(found.into_iter().map(JobId).collect())
     }
 
     /// Gives up every job owned by `owner` (owner and lease become NULL), for
