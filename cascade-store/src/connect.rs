@@ -141,26 +141,37 @@ where
     }
 }
 
+/// The session settings of every PostgreSQL connection of a store.
+pub(crate) fn pg_session_setup(options: &StoreOptions) -> String {
+    format!(
+        "SET search_path TO cascade; SET statement_timeout = {}",
+        options.statement_timeout.as_millis()
+    )
+}
+
 pub(crate) fn pg_pool(url: &str, options: &StoreOptions) -> Result<Pool<AsyncPgConnection>> {
     let connect_timeout = options.connect_timeout;
+    let setup = Arc::new(pg_session_setup(options));
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     // A checkout costs no round trip; a dead connection is detected by
     // `is_broken` on return and dropped from the pool.
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let setup = Arc::clone(&setup);
         async move {
-            let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                .await
-                .map_err(|_| {
-                    diesel::ConnectionError::BadConnection(format!(
-                        "connecting timed out after {connect_timeout:?}"
-                    ))
-                })??;
-            conn.batch_execute("SET search_path TO cascade")
-                .await
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
+            let connected = tokio::time::timeout(connect_timeout, async {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            });
+            connected.await.map_err(|_| {
+                diesel::ConnectionError::BadConnection(format!(
+                    "connecting timed out after {connect_timeout:?}"
+                ))
+            })?
         }
         .boxed()
     });
@@ -186,9 +197,11 @@ pub(crate) async fn pg_migrate(
 ) -> Result<()> {
     let mut conn = Object::take(checkout(pool, url, options).await?);
     // The schema must exist before diesel creates its bookkeeping table in it.
+    // Migrations may rewrite large tables: no statement timeout (the
+    // connection is taken out of the pool and closed afterwards).
     conn.batch_execute(&format!(
-        "SELECT pg_advisory_lock({PG_MIGRATION_LOCK}); CREATE SCHEMA IF NOT EXISTS cascade; \
-         SET search_path TO cascade"
+        "SET statement_timeout = 0; SELECT pg_advisory_lock({PG_MIGRATION_LOCK}); \
+         CREATE SCHEMA IF NOT EXISTS cascade; SET search_path TO cascade"
     ))
     .await
     .map_err(|source| StoreError::Migration {

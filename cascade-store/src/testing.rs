@@ -257,6 +257,7 @@ impl From<&str> for ShutdownMode {
 /// directory; a watchdog does the same if the test process dies first.
 ///
 /// ```no_run
+/// # #[allow(dead_code)]
 /// # async fn example() {
 /// use cascade_store::testing::ThrowawayCluster;
 ///
