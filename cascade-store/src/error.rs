@@ -358,7 +358,10 @@ mod tests {
                 DatabaseErrorKind::UnableToSendCommand,
                 "error communicating with the server: Connection reset by peer (os error 104)",
             ),
-            database(DatabaseErrorKind::ClosedConnection, "the listening connection closed"),
+            database(
+                DatabaseErrorKind::ClosedConnection,
+                "the listening connection closed",
+            ),
             // 40001.
             database(
                 DatabaseErrorKind::SerializationFailure,
@@ -381,7 +384,10 @@ mod tests {
             // 57P03.
             database(DatabaseErrorKind::Unknown, "the database system is starting up"),
             database(DatabaseErrorKind::Unknown, "the database system is shutting down"),
-            database(DatabaseErrorKind::Unknown, "the database system is in recovery mode"),
+            database(
+                DatabaseErrorKind::Unknown,
+                "the database system is in recovery mode",
+            ),
             // 40P01.
             database(DatabaseErrorKind::Unknown, "deadlock detected"),
             // 57014 from statement_timeout.
@@ -451,10 +457,7 @@ mod tests {
                 },
                 ErrorKind::NotFound,
             ),
-            (
-                StoreError::JobNotFound { job_id: JobId(7) },
-                ErrorKind::NotFound,
-            ),
+            (StoreError::JobNotFound { job_id: JobId(7) }, ErrorKind::NotFound),
             (
                 StoreError::Corrupt {
                     column: "jobs.status",
@@ -476,9 +479,21 @@ mod tests {
             after: Duration::from_secs(2),
         }
         .during("list_jobs");
-        assert!(matches!(timeout, StoreError::Timeout { operation: "list_jobs", .. }));
+        assert!(matches!(
+            timeout,
+            StoreError::Timeout {
+                operation: "list_jobs",
+                ..
+            }
+        ));
         assert!(timeout.to_string().contains("`list_jobs`"), "{timeout}");
         let database = database(DatabaseErrorKind::Unknown, "x").during("get_job");
-        assert!(matches!(database, StoreError::Database { operation: "get_job", .. }));
+        assert!(matches!(
+            database,
+            StoreError::Database {
+                operation: "get_job",
+                ..
+            }
+        ));
     }
 }

@@ -100,7 +100,10 @@ async fn one_lock_waiter(monitor: &mut AsyncPgConnection, not: Option<i32>) -> i
         {
             return pid;
         }
-        assert!(Instant::now() < deadline, "no single new lock waiter: {waiters:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no single new lock waiter: {waiters:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -183,7 +186,9 @@ async fn store_works_through_a_proxy() {
 /// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_in_flight_during_a_crash_fails_transiently() {
-    let Some(cluster) = ThrowawayCluster::start().await else { return };
+    let Some(cluster) = ThrowawayCluster::start().await else {
+        return;
+    };
     let (store, job) = store_with_job(&cluster.url(), StoreOptions::default()).await;
     let mut holder = connect(&cluster.url()).await;
     holder
@@ -205,7 +210,13 @@ async fn write_in_flight_during_a_crash_fails_transiently() {
     assert!(error.is_transient(), "{error:?}");
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert!(
-        matches!(error, StoreError::Database { operation: "transition_job", .. }),
+        matches!(
+            error,
+            StoreError::Database {
+                operation: "transition_job",
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert_eq!(store.get_job(job.id).await.unwrap().status, JobStatus::Pending);
@@ -217,7 +228,9 @@ async fn write_in_flight_during_a_crash_fails_transiently() {
 /// connection and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_survives_its_connection_being_terminated() {
-    let Some(db) = testing::postgres_url().await else { return };
+    let Some(db) = testing::postgres_url().await else {
+        return;
+    };
     let (store, job) = store_with_job(&db.url, StoreOptions::default()).await;
     let mut holder = connect(&db.url).await;
     holder
@@ -241,7 +254,9 @@ async fn read_survives_its_connection_being_terminated() {
 /// have committed): the caller gets a transient error and decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_is_not_retried_when_its_connection_is_terminated() {
-    let Some(db) = testing::postgres_url().await else { return };
+    let Some(db) = testing::postgres_url().await else {
+        return;
+    };
     let (store, job) = store_with_job(&db.url, StoreOptions::default()).await;
     let mut holder = connect(&db.url).await;
     holder
@@ -267,7 +282,9 @@ async fn write_is_not_retried_when_its_connection_is_terminated() {
 /// client's own deadline, with a transient error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_cancels_a_statement_after_statement_timeout() {
-    let Some(db) = testing::postgres_url().await else { return };
+    let Some(db) = testing::postgres_url().await else {
+        return;
+    };
     let options = StoreOptions {
         statement_timeout: Duration::from_secs(1),
         ..StoreOptions::default()
@@ -297,7 +314,9 @@ async fn server_cancels_a_statement_after_statement_timeout() {
 /// heals, calls succeed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_time_out_while_the_network_is_cut() {
-    let Some(cluster) = ThrowawayCluster::start().await else { return };
+    let Some(cluster) = ThrowawayCluster::start().await else {
+        return;
+    };
     let proxy = TcpProxy::start(cluster.addr()).await;
     let options = StoreOptions {
         statement_timeout: Duration::from_secs(1),
@@ -321,7 +340,13 @@ async fn calls_time_out_while_the_network_is_cut() {
     assert_eq!(read.kind(), ErrorKind::Unavailable);
     let write = store.transition_job(start_job(job.id)).await.unwrap_err();
     assert!(
-        matches!(write, StoreError::Timeout { operation: "transition_job", .. }),
+        matches!(
+            write,
+            StoreError::Timeout {
+                operation: "transition_job",
+                ..
+            }
+        ),
         "{write:?}"
     );
     // Several concurrent calls: some need a new connection, which cannot be
@@ -334,10 +359,23 @@ async fn calls_time_out_while_the_network_is_cut() {
         .collect();
     for call in calls {
         let error = call.await.unwrap().unwrap_err();
-        assert!(matches!(error, StoreError::Timeout { operation: "list_dags", .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                StoreError::Timeout {
+                    operation: "list_dags",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
     // Bounded: a hang would never get here. The limit is generous on purpose.
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 
     proxy.restore();
     assert_eq!(store.get_job(job.id).await.unwrap(), job);
@@ -380,7 +418,10 @@ async fn sqlite_locked_by_another_process_is_transient() {
     assert!(error.is_transient(), "{error:?}");
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert!(
-        std::error::Error::source(&error).unwrap().to_string().contains("locked"),
+        std::error::Error::source(&error)
+            .unwrap()
+            .to_string()
+            .contains("locked"),
         "{error:?}"
     );
     assert_eq!(store.get_job(job.id).await.unwrap(), job);
