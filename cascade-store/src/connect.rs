@@ -286,15 +286,29 @@ pub(crate) fn sqlite_pools(setup: &SqliteSetup, options: &StoreOptions) -> Resul
     })
 }
 
-/// Creates the file's directory if needed; errors become [`StoreError::SqliteOpen`].
+/// Creates the file's directory if needed, and the file itself, readable and
+/// writable by its owner only (`0600`), if it does not exist yet: SQLite
+/// would create it with the umask's permissions (usually world-readable),
+/// and its `-wal` and `-shm` files take the permissions of the database
+/// file. An existing file is left as it is. Errors become
+/// [`StoreError::SqliteOpen`].
 pub(crate) fn prepare_sqlite_path(path: &Path) -> Result<()> {
+    let failed = |source: std::io::Error| StoreError::SqliteOpen {
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| StoreError::SqliteOpen {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        std::fs::create_dir_all(parent).map_err(failed)?;
     }
-    Ok(())
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(failed(error)),
+    }
 }
 
 /// Opens the writer connection and migrates through it (an in-memory

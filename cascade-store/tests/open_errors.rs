@@ -136,3 +136,38 @@ async fn key_value_strings_are_refused_with_a_hint() {
     assert!(err.to_string().contains("password=***"), "{err}");
     assert!(!err.to_string().contains("Zq8w"), "{err}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn new_sqlite_files_are_private_and_existing_ones_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = std::env::temp_dir().join(format!("cascade-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let new = dir.join("new.db");
+    let store = Store::open(Some(&format!("sqlite://{}", new.display())))
+        .await
+        .unwrap();
+    store.list_dags().await.unwrap();
+    assert_eq!(mode(&new), 0o600, "new database file");
+    // SQLite gives its side files (WAL mode, the store is open) the
+    // database file's permissions.
+    for side in ["new.db-wal", "new.db-shm"] {
+        assert_eq!(mode(&dir.join(side)), 0o600, "{side}");
+    }
+    drop(store);
+
+    let existing = dir.join("existing.db");
+    std::fs::write(&existing, b"").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = Store::open(Some(&format!("sqlite://{}", existing.display())))
+        .await
+        .unwrap();
+    store.list_dags().await.unwrap();
+    assert_eq!(mode(&existing), 0o640, "existing database file");
+    drop(store);
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
