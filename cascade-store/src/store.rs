@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, instrument};
 
 use crate::connect::{self, Pools, SqliteConn};
 use crate::error::{Result, StoreError};
@@ -309,13 +309,10 @@ impl Store {
         };
         match tokio::time::timeout(after, call).await {
             Ok(outcome) => outcome,
-            Err(_) => {
-                warn!(url = %self.inner.url, ?after, "database call timed out");
-                Err(StoreError::Timeout {
-                    operation: "query",
-                    after,
-                })
-            }
+            Err(_) => Err(StoreError::Timeout {
+                operation: "query",
+                after,
+            }),
         }
     }
 
