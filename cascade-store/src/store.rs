@@ -941,7 +941,7 @@ impl Store {
             }
             query.load(c).await
         })
-        .map_err(|e| StoreError::from(e).during("list_unfinished_jobs"))?;
+        .map_err(|e| e.during("list_unfinished_jobs"))?;
         rows.into_iter().map(Job::try_from).collect()
     }
 
@@ -966,7 +966,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("take_over_job"))?;
+        .map_err(|e| e.during("take_over_job"))?;
         Ok(n == 1)
     }
 
