@@ -2,7 +2,7 @@
 //! IR that arrives as JSON. Linear in tasks + edges.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -319,8 +319,9 @@ pub fn validate(ir: DagIr) -> Result<ValidDag, ValidationErrors> {
     }
 
     let mut tasks = Vec::with_capacity(ir.tasks.len());
+    let mut listed_by = vec![usize::MAX; ir.tasks.len()];
     for (i, task) in ir.tasks.iter().enumerate() {
-        tasks.push(plan_task(&ir, i, task, &index, &mut errors));
+        tasks.push(plan_task(&ir, i, task, &index, &mut listed_by, &mut errors));
     }
     for i in 0..tasks.len() {
         for d in 0..tasks[i].dependencies.len() {
@@ -513,11 +514,17 @@ fn check_factor(
     }
 }
 
+/// Checks one task and resolves its defaults and dependencies.
+///
+/// `listed_by[j] == i` once task `i` has listed task `j` as a dependency:
+/// one vector shared by all tasks makes the duplicate check O(1) per edge
+/// without a set per task.
 fn plan_task(
     ir: &DagIr,
     i: usize,
     task: &TaskIr,
     index: &HashMap<String, usize>,
+    listed_by: &mut [usize],
     errors: &mut Vec<ValidationError>,
 ) -> TaskPlan {
     let d = &ir.defaults;
@@ -692,8 +699,9 @@ fn plan_task(
         Some(i),
         errors,
     );
-    for (position, label) in task.labels.iter().enumerate() {
-        if label.trim().is_empty() || task.labels[..position].contains(label) {
+    let mut seen_labels = HashSet::with_capacity(task.labels.len());
+    for label in &task.labels {
+        if label.trim().is_empty() || !seen_labels.insert(label.as_str()) {
             errors.push(ValidationError::InvalidValue {
                 task: Some(id.to_owned()),
                 key: "labels",
@@ -730,18 +738,14 @@ fn plan_task(
                 task: id.to_owned(),
                 location,
             }),
+            Some(&j) if listed_by[j] == i => errors.push(ValidationError::DuplicateDependency {
+                task: id.to_owned(),
+                dependency: dep.clone(),
+                location,
+            }),
             Some(&j) => {
-                // Dependency lists are short; a linear duplicate check keeps the
-                // whole validation linear in practice without another map.
-                if task.depends_on[..position].contains(dep) {
-                    errors.push(ValidationError::DuplicateDependency {
-                        task: id.to_owned(),
-                        dependency: dep.clone(),
-                        location,
-                    });
-                } else {
-                    dependencies.push(j);
-                }
+                listed_by[j] = i;
+                dependencies.push(j);
             }
         }
     }

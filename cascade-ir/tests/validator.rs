@@ -158,6 +158,19 @@ fn bad_and_never_firing_cron() {
         ("* * *", "found 3 field(s)"),
         ("0 0 30 2 *", "never fires"),
         ("0 0 31 4,6,9,11 *", "never fires"),
+        (
+            "*/4294967295 * * * *",
+            "invalid cron schedule `*/4294967295 * * * *`: minute field `*/4294967295`: \
+             step `4294967295` must be a number from 1 to 60",
+        ),
+        (
+            "7/4294967295 * * * *",
+            "step `4294967295` must be a number from 1 to 60",
+        ),
+        (
+            "0 0 1/18446744073709551616 * *",
+            "day-of-month field `1/18446744073709551616`: step `18446744073709551616` must be a number from 1 to 31",
+        ),
     ] {
         let errors = errors(&with_schedule(schedule));
         assert!(matches!(errors[0], ValidationError::InvalidCron { .. }));
@@ -290,4 +303,69 @@ fn mismatched_hash_or_order_is_rejected() {
         errors.iter().any(|e| matches!(e, ValidationError::OrderMismatch)),
         "{errors:?}"
     );
+}
+
+/// A wide fan-in: one task depending on many, with repeats far apart.
+#[test]
+fn repeated_dependencies_in_a_wide_fan_in() {
+    let n = 20_000;
+    let mut tasks: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"id": "t{i}", "handler": "h"}}"#))
+        .collect();
+    let mut deps: Vec<String> = (0..n).map(|i| format!(r#""t{i}""#)).collect();
+    // Repeats of the first and of the last dependency, at the end.
+    deps.push(r#""t0""#.to_owned());
+    deps.push(format!(r#""t{}""#, n - 1));
+    tasks.push(format!(
+        r#"{{"id": "sink", "handler": "h", "depends_on": [{}]}}"#,
+        deps.join(",")
+    ));
+    let errors = errors(&dag_with_tasks(&tasks.join(",")));
+    let repeated: Vec<(String, Option<usize>)> = errors
+        .iter()
+        .map(|error| match error {
+            ValidationError::DuplicateDependency { task, dependency, .. } => {
+                assert_eq!(task, "sink");
+                (dependency.clone(), error.location().position)
+            }
+            other => panic!("unexpected error {other}"),
+        })
+        .collect();
+    assert_eq!(
+        repeated,
+        [("t0".to_owned(), Some(n)), (format!("t{}", n - 1), Some(n + 1))]
+    );
+
+    // Without the repeats the fan-in is valid, in declaration order.
+    deps.truncate(n);
+    tasks.pop();
+    tasks.push(format!(
+        r#"{{"id": "sink", "handler": "h", "depends_on": [{}]}}"#,
+        deps.join(",")
+    ));
+    let dag = valid(&dag_with_tasks(&tasks.join(",")));
+    let sink = &dag.tasks()[n];
+    assert_eq!(sink.dependencies, (0..n).collect::<Vec<_>>());
+    assert_eq!(dag.tasks()[0].dependents, [n]);
+}
+
+#[test]
+fn repeated_and_empty_labels() {
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "a", "handler": "h", "labels": ["gpu", "ssd", "gpu", " ", "ssd"]}"#,
+    ));
+    let values: Vec<String> = errors
+        .iter()
+        .map(|error| match error {
+            ValidationError::InvalidValue {
+                key: "labels", value, ..
+            } => value.clone(),
+            other => panic!("unexpected error {other}"),
+        })
+        .collect();
+    assert_eq!(values, [r#""gpu""#, r#"" ""#, r#""ssd""#]);
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "a", "handler": "h", "labels": ["gpu", "ssd"]}"#,
+    ));
+    assert_eq!(dag.tasks()[0].labels, ["gpu", "ssd"]);
 }
