@@ -81,8 +81,8 @@ pub use events::{
 pub use owner::{OrphanReason, OrphanedJob};
 pub use state::{JobState, TaskState};
 pub use task::{
-    BoxFuture, CallbackContext, CallbackEvent, CallbackResult, TaskContext, TaskError, TaskErrorKind,
-    TaskResult,
+    BoxFuture, CallbackContext, CallbackEvent, CallbackResult, ContextError, TaskContext, TaskError,
+    TaskErrorKind, TaskResult,
 };
 
 #[doc(hidden)]

@@ -104,12 +104,20 @@ pub struct TaskIr {
     /// A shell task's command line, run by `/bin/sh -c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Extra environment variables for a shell task.
+    /// Extra environment variables for a shell task. A value may refer to
+    /// the job's parameters and to the results of direct dependencies with
+    /// `${params.<field>}` and `${upstream.<task>.<field>}` (see
+    /// [`EnvTemplate`](crate::EnvTemplate)).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The working directory of a shell task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Whether a shell task starts from a clean environment (only `PATH`,
+    /// `HOME` and similar basics, its `env` and Cascade's own variables)
+    /// instead of the engine's environment without its secrets; off by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clean_env: bool,
     /// Ids of the tasks this one runs after.
     #[serde(default)]
     pub depends_on: Vec<String>,
