@@ -406,16 +406,16 @@ fn parse_task_value(
 
 /// How to adapt what is not a path to an `async fn(TaskContext) -> TaskResult`.
 const RUN_HELP: &str = "\n\
-    help: to run a closure, or a fn with another signature, wrap it in an async fn and name that:\n\
+    help: to run a closure, or a fn with another signature, wrap it in an async fn and name that fn:\n\
     \x20   async fn my_handler(ctx: TaskContext) -> TaskResult {\n\
-    \x20       other_fn(ctx.params().clone()).await   // call the closure or fn here\n\
+    \x20       other_fn(ctx, 10).await\n\
     \x20   }";
 
 /// How to adapt what is not a path to an `async fn(CallbackContext) -> CallbackResult`.
 const CALLBACK_HELP: &str = "\n\
-    help: to use a closure, or a fn with another signature, wrap it in an async fn and name that:\n\
+    help: to use a closure, or a fn with another signature, wrap it in an async fn and name that fn:\n\
     \x20   async fn alert_team(ctx: CallbackContext) -> CallbackResult {\n\
-    \x20       other_fn(ctx).await   // call the closure or fn here\n\
+    \x20       other_fn(ctx, \"#ops\").await\n\
     \x20   }";
 
 /// A path to an async fn; anything else (a string, a closure, a call) is an
@@ -696,7 +696,7 @@ mod tests {
                 /// task docs
                 t: { run: f, type: local, depends_on: [], timeout: -1, retry_factor: 1.5,
                      on_failure: a, on_success: a, on_retry: a },
-                s: { type: shell, command: "x", env: { "A": "1", }, cwd: "/", },
+                s: { type: shell, command: "x", env: { "A": "${params.a}", }, cwd: "/", clean_env: true, },
             },
         };
         assert!(def.errors.is_empty());

@@ -1,9 +1,9 @@
-use cascade_core::{dag, TaskContext};
+use cascade_core::dag;
 
 dag! {
     name: etl,
     tasks: {
-        a: { run: |ctx: TaskContext| async move { Ok(ctx.params().clone()) } },
+        a: { run: |ctx| async move { Ok(ctx.params().clone()) } },
     }
 }
 
