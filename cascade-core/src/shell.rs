@@ -38,13 +38,23 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// Variables a `clean_env` task keeps from the engine's environment (plus
 /// every `LC_*`).
-const BASICS: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+const BASICS: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
 
 /// `PATH` of a `clean_env` task when the engine has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Parts of a variable name (compared in upper case) that mark a secret.
-const SECRET_MARKERS: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "API_KEY", "PRIVATE_KEY"];
+const SECRET_MARKERS: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "API_KEY",
+    "PRIVATE_KEY",
+];
 
 /// What a shell task runs.
 #[derive(Debug, Clone)]
@@ -284,7 +294,14 @@ async fn run(ctx: TaskContext, spec: Arc<ShellSpec>) -> TaskResult {
         .map(|id| (id.to_owned(), ctx.upstream(id).cloned().unwrap_or(Value::Null)))
         .collect();
     let mut files = Vec::new();
-    pass_data(&ctx, &mut command, "CASCADE_PARAMS", params.to_string(), &mut files).await?;
+    pass_data(
+        &ctx,
+        &mut command,
+        "CASCADE_PARAMS",
+        params.to_string(),
+        &mut files,
+    )
+    .await?;
     pass_data(
         &ctx,
         &mut command,

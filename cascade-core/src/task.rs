@@ -351,7 +351,9 @@ impl TaskContext {
     pub(crate) fn with_lineage(self, lineage: Lineage) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         inner.lineage = Some(lineage);
-        TaskContext { inner: Arc::new(inner) }
+        TaskContext {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The job this task execution belongs to.
@@ -524,7 +526,11 @@ impl TaskContext {
                     .collect(),
             }));
         }
-        if tasks[lineage.task].dependencies.iter().any(|&d| tasks[d].id == task_id) {
+        if tasks[lineage.task]
+            .dependencies
+            .iter()
+            .any(|&d| tasks[d].id == task_id)
+        {
             // A direct dependency without a result in memory has none.
             return Ok(None);
         }

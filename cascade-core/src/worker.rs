@@ -498,7 +498,8 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 None,
             ),
             Outcome::Success(value) => {
-                let output = matches!(plan_task.kind, TaskKind::Shell { .. }).then(|| shell::success_output(&value));
+                let output =
+                    matches!(plan_task.kind, TaskKind::Shell { .. }).then(|| shell::success_output(&value));
                 (TaskStatus::Success, Some(value), None, output, None)
             }
             Outcome::Failed(error) => {

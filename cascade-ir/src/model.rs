@@ -71,7 +71,7 @@ pub struct TaskDefaults {
     /// Default cap on the retry delay in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_delay: Option<i64>,
-    /// Default for full jitter on retry delays.
+    /// Default for jitter on retry delays (equal jitter: `[delay / 2, delay]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_jitter: Option<bool>,
     /// Default trigger rule.
@@ -136,7 +136,7 @@ pub struct TaskIr {
     /// Cap on the retry delay in seconds, at least `retry_delay`, at most 604,800.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_delay: Option<i64>,
-    /// Full jitter on retry delays.
+    /// Jitter on retry delays (equal jitter: the wait is uniform in `[delay / 2, delay]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_jitter: Option<bool>,
     /// When the task may run given its dependencies' outcomes.

@@ -112,7 +112,9 @@ pub enum TemplateError {
         root: String,
     },
     /// `${upstream}` without a task.
-    #[error("`${{{reference}}}`: name a dependency: `${{upstream.<task>}}` or `${{upstream.<task>.<field>}}`")]
+    #[error(
+        "`${{{reference}}}`: name a dependency: `${{upstream.<task>}}` or `${{upstream.<task>.<field>}}`"
+    )]
     MissingTask {
         /// The reference as written, without `${` and `}`.
         reference: String,
@@ -132,7 +134,9 @@ pub enum TemplateError {
     },
     /// A field name that is empty or has other characters than letters,
     /// digits, `_` and `-`.
-    #[error("`${{{reference}}}`: invalid field name `{field}`: use letters, digits, `_` and `-`, separated by `.`")]
+    #[error(
+        "`${{{reference}}}`: invalid field name `{field}`: use letters, digits, `_` and `-`, separated by `.`"
+    )]
     InvalidField {
         /// The reference as written, without `${` and `}`.
         reference: String,
@@ -170,7 +174,11 @@ fn list(items: &[String]) -> String {
     if items.is_empty() {
         return "none".to_owned();
     }
-    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl EnvTemplate {
@@ -357,7 +365,11 @@ mod tests {
             ("", ""),
         ];
         for (text, expected) in cases {
-            assert_eq!(render(text, &deps, &params, &upstream).unwrap(), expected, "{text}");
+            assert_eq!(
+                render(text, &deps, &params, &upstream).unwrap(),
+                expected,
+                "{text}"
+            );
         }
         assert!(EnvTemplate::parse("$${x}", &[]).unwrap().is_literal());
         assert!(!EnvTemplate::parse("${params}", &[]).unwrap().is_literal());
@@ -388,9 +400,16 @@ mod tests {
             not_dep.to_string(),
             "`${upstream.transform.rows}`: `transform` is not a direct dependency of this task (its dependencies: `extract`, `load`)"
         );
-        assert!(matches!(error("${params..a}"), TemplateError::InvalidField { field, .. } if field.is_empty()));
-        assert!(matches!(error("${params.a b}"), TemplateError::InvalidField { field, .. } if field == "a b"));
-        assert!(matches!(error("${upstream.extract.}"), TemplateError::InvalidField { .. }));
+        assert!(
+            matches!(error("${params..a}"), TemplateError::InvalidField { field, .. } if field.is_empty())
+        );
+        assert!(
+            matches!(error("${params.a b}"), TemplateError::InvalidField { field, .. } if field == "a b")
+        );
+        assert!(matches!(
+            error("${upstream.extract.}"),
+            TemplateError::InvalidField { .. }
+        ));
         assert!(
             EnvTemplate::parse("${upstream.x}", &[])
                 .unwrap_err()

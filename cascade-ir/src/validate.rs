@@ -146,7 +146,11 @@ impl RetryPolicy {
         if !self.jitter {
             return backoff;
         }
-        let roll = if roll.is_finite() { roll.clamp(0.0, 1.0) } else { 0.0 };
+        let roll = if roll.is_finite() {
+            roll.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let half = backoff / 2;
         half + (backoff - half).mul_f64(roll)
     }
@@ -924,7 +928,9 @@ fn normalize(ir: DagIr, tasks: &[TaskPlan], order: &[usize]) -> DagIr {
         .zip(tasks)
         .map(|(task, plan)| {
             let (kind, handler, command, env, cwd, clean_env) = match &plan.kind {
-                TaskKind::Local { handler } => ("local", Some(handler.clone()), None, BTreeMap::new(), None, false),
+                TaskKind::Local { handler } => {
+                    ("local", Some(handler.clone()), None, BTreeMap::new(), None, false)
+                }
                 TaskKind::Shell {
                     command,
                     env,

@@ -324,11 +324,16 @@ fn clean_env_is_a_shell_key_kept_in_the_normalized_ir() {
     let dag = valid(&dag_with_tasks(
         r#"{"id": "s", "type": "shell", "command": "env", "clean_env": true}, {"id": "t", "type": "shell", "command": "env"}"#,
     ));
-    assert!(matches!(&dag.tasks()[0].kind, cascade_ir::TaskKind::Shell { clean_env: true, .. }));
+    assert!(matches!(
+        &dag.tasks()[0].kind,
+        cascade_ir::TaskKind::Shell { clean_env: true, .. }
+    ));
     assert!(dag.ir_json().contains(r#""clean_env":true"#));
     // Off is the default and is not written, so existing DAGs keep their hash.
     assert_eq!(dag.ir_json().matches("clean_env").count(), 1);
-    let errors = errors(&dag_with_tasks(r#"{"id": "l", "handler": "h", "clean_env": true}"#));
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "l", "handler": "h", "clean_env": true}"#,
+    ));
     assert_eq!(
         errors[0].to_string(),
         "task `l`: `clean_env` is not allowed on a local task"

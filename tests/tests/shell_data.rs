@@ -52,7 +52,11 @@ fn temp_path(label: &str) -> std::path::PathBuf {
 async fn shell_tasks_see_params_and_upstream_results(url: &str) {
     // A value that would run a command if it were pasted into the command text.
     let injected = temp_path("injected");
-    let hostile = format!("x\"; touch {} #$(touch {})", injected.display(), injected.display());
+    let hostile = format!(
+        "x\"; touch {} #$(touch {})",
+        injected.display(),
+        injected.display()
+    );
     let ir = json!({
         "ir_version": 1, "name": "shell_data",
         "tasks": [
@@ -131,7 +135,11 @@ async fn large_data_goes_through_files_removed_afterwards(url: &str) {
     let upstream = json!({ "extract": row(&rows, "extract").result.clone().expect("result") });
     assert_eq!(lines[3].trim(), params.to_string().len().to_string());
     assert_eq!(lines[4].trim(), upstream.to_string().len().to_string());
-    assert!(lines[5].starts_with("-rw-------"), "readable by the owner only: {}", lines[5]);
+    assert!(
+        lines[5].starts_with("-rw-------"),
+        "readable by the owner only: {}",
+        lines[5]
+    );
     assert!(
         !std::path::Path::new(params_file).exists() && !std::path::Path::new(upstream_file).exists(),
         "the data files are removed after the task"
@@ -144,10 +152,19 @@ async fn a_missing_field_fails_the_task_once_with_a_clear_message(url: &str) {
         "tasks": [{ "id": "deploy", "type": "shell", "command": "echo \"$REGION\"", "retries": 3,
                     "env": { "REGION": "${params.target.region}" } }]
     });
-    let (status, rows) = run(url, dag_from(&ir.to_string()), json!({ "target": { "zone": "a" } })).await;
+    let (status, rows) = run(
+        url,
+        dag_from(&ir.to_string()),
+        json!({ "target": { "zone": "a" } }),
+    )
+    .await;
     assert_eq!(status, JobStatus::Failed);
     let deploy = row(&rows, "deploy");
-    assert_eq!((deploy.status, deploy.attempt), (TaskStatus::Failed, 1), "not retried");
+    assert_eq!(
+        (deploy.status, deploy.attempt),
+        (TaskStatus::Failed, 1),
+        "not retried"
+    );
     assert_eq!(
         deploy.error.as_deref(),
         Some("env `REGION`: `${params.target.region}`: `params.target` has no field `region`")

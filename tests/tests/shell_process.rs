@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use cascade_core::{JobId, JobStatus, Store, TaskStatus};
 use cascade_tests::backend_tests;
 
-backend_tests!(shell_tasks_do_not_see_the_engine_secrets, shell_tasks_die_with_the_engine);
+backend_tests!(
+    shell_tasks_do_not_see_the_engine_secrets,
+    shell_tasks_die_with_the_engine
+);
 
 struct Engine {
     child: Child,
@@ -86,7 +89,10 @@ async fn shell_tasks_do_not_see_the_engine_secrets(url: &str) {
         if job.status.is_terminal() {
             break job;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the job never finished");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job never finished"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(job.status, JobStatus::Success);
@@ -104,14 +110,16 @@ async fn shell_tasks_do_not_see_the_engine_secrets(url: &str) {
         variables(&stdout)
     };
     let names = |vars: &[(String, String)]| vars.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    let value = |vars: &[(String, String)], name: &str| {
-        vars.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let value =
+        |vars: &[(String, String)], name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
 
     let inherited = env_of("inherited");
-    for secret in ["DATABASE_URL", "PGPASSWORD", "MY_SERVICE_TOKEN", "CASCADE_WORKERS"] {
+    for secret in [
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "MY_SERVICE_TOKEN",
+        "CASCADE_WORKERS",
+    ] {
         assert!(
             !names(&inherited).iter().any(|n| n == secret),
             "{secret} reached the shell task: {inherited:?}"
@@ -128,10 +136,7 @@ async fn shell_tasks_do_not_see_the_engine_secrets(url: &str) {
         value(&inherited, "FROM_TASK").as_deref(),
         Some(dir.display().to_string().as_str())
     );
-    assert_eq!(
-        value(&inherited, "CASCADE_TASK_ID").as_deref(),
-        Some("inherited")
-    );
+    assert_eq!(value(&inherited, "CASCADE_TASK_ID").as_deref(), Some("inherited"));
     assert_eq!(
         value(&inherited, "CASCADE_PARAMS"),
         Some(serde_json::json!({ "dir": dir.display().to_string() }).to_string())
@@ -170,7 +175,9 @@ async fn shell_tasks_die_with_the_engine(url: &str) {
     let mut engine = start_engine(url, "shell_sleep", &dir, &[]);
     let start = Instant::now();
     let (shell, sleeper) = loop {
-        if let (Some(shell), Some(sleeper)) = (read_pid(&dir.join("shell.pid")), read_pid(&dir.join("child.pid"))) {
+        if let (Some(shell), Some(sleeper)) =
+            (read_pid(&dir.join("shell.pid")), read_pid(&dir.join("child.pid")))
+        {
             break (shell, sleeper);
         }
         assert!(

@@ -67,8 +67,13 @@ async fn upstream_result_tells_a_missing_result_from_a_wrong_task(url: &str) {
             {"id":"bad","handler":"bad"},
             {"id":"join","handler":"join","depends_on":["good","bad"],"trigger_rule":"all_done"}]}"#,
     )
-    .with_handler("good", |_ctx: TaskContext| async move { Ok(json!({ "rows": 3 })) })
-    .with_handler("bad", |_ctx: TaskContext| async move { Err(TaskError::fatal("broken")) })
+    .with_handler(
+        "good",
+        |_ctx: TaskContext| async move { Ok(json!({ "rows": 3 })) },
+    )
+    .with_handler("bad", |_ctx: TaskContext| async move {
+        Err(TaskError::fatal("broken"))
+    })
     .with_handler("join", |ctx: TaskContext| async move {
         let lookup = |id: &str| outcome(ctx.upstream_result(id).map(|v| v.cloned()));
         Ok(json!({ "good": lookup("good"), "bad": lookup("bad"), "typo": lookup("godo") }))
@@ -77,7 +82,11 @@ async fn upstream_result_tells_a_missing_result_from_a_wrong_task(url: &str) {
     assert_eq!(status, JobStatus::Failed, "`bad` fails the job");
     let seen = result_of(&cascade, job, "join").await;
     assert_eq!(seen["good"], json!({ "ok": { "rows": 3 } }));
-    assert_eq!(seen["bad"], json!({ "ok": null }), "a dependency without a result");
+    assert_eq!(
+        seen["bad"],
+        json!({ "ok": null }),
+        "a dependency without a result"
+    );
     assert_eq!(
         seen["typo"],
         json!({
@@ -118,7 +127,10 @@ fn lineage_dag() -> cascade_core::Dag {
 async fn assert_lineage_job(cascade: &Cascade, job: JobId) {
     assert_ancestor_lookups(&result_of(cascade, job, "load").await);
     let announce = result_of(cascade, job, "announce").await;
-    assert_eq!(announce["stdout"], r#"sum 6 of {"transform":{"sum":6}}"#.to_owned() + "\n");
+    assert_eq!(
+        announce["stdout"],
+        r#"sum 6 of {"transform":{"sum":6}}"#.to_owned() + "\n"
+    );
     let attempts = cascade
         .store()
         .list_task_attempts(job, "announce")
@@ -173,7 +185,10 @@ async fn ancestor_results_on_a_worker() {
         .build()
         .await
         .expect("worker");
-    worker.register_dag(lineage_dag()).await.expect("register on the worker");
+    worker
+        .register_dag(lineage_dag())
+        .await
+        .expect("register on the worker");
     let record = scheduler.register_dag(lineage_dag()).await.expect("register");
     let job = scheduler
         .trigger_job(record.id, "manual", json!({}))
@@ -203,7 +218,9 @@ async fn ancestor_results_on_a_worker() {
         .map(|t| t.worker)
         .collect();
     assert!(
-        ran_on.iter().all(|w| w.as_ref().is_some_and(|w| worker_ids.contains(w))),
+        ran_on
+            .iter()
+            .all(|w| w.as_ref().is_some_and(|w| worker_ids.contains(w))),
         "the worker ran every task: {ran_on:?}, workers {worker_ids:?}"
     );
     worker.shutdown().await.expect("shutdown");
@@ -227,7 +244,12 @@ async fn params_that_do_not_fit_fail_once_naming_the_field(url: &str) {
         let params: AggParams = ctx.params_as()?;
         Ok(json!({ "delay": params.agg_delay_secs, "region": params.region }))
     });
-    let (job, status) = run(&cascade, dag.clone(), json!({ "agg_delay_secs": 3, "region": "eu" })).await;
+    let (job, status) = run(
+        &cascade,
+        dag.clone(),
+        json!({ "agg_delay_secs": 3, "region": "eu" }),
+    )
+    .await;
     assert_eq!(status, JobStatus::Success);
     assert_eq!(
         result_of(&cascade, job, "aggregate").await,
@@ -295,16 +317,22 @@ async fn a_hand_built_context_knows_what_it_was_given() {
         Some(ContextError::InvalidParams { path, .. }) if path == "params.limits[1].max"
     ));
     assert_eq!(
-        context(json!({}), &[]).params_as::<Nested>().expect_err("missing").message(),
+        context(json!({}), &[])
+            .params_as::<Nested>()
+            .expect_err("missing")
+            .message(),
         "params: missing field `limits`"
     );
 
-    assert_eq!(ctx.upstream_result("extract").expect("a dependency"), Some(&json!(1)));
     assert_eq!(
-        outcome(ctx.ancestor_result("extract").await),
-        json!({ "ok": 1 })
+        ctx.upstream_result("extract").expect("a dependency"),
+        Some(&json!(1))
     );
-    assert_eq!(outcome(ctx.ancestor_result("other").await)["variant"], "no_ancestry");
+    assert_eq!(outcome(ctx.ancestor_result("extract").await), json!({ "ok": 1 }));
+    assert_eq!(
+        outcome(ctx.ancestor_result("other").await)["variant"],
+        "no_ancestry"
+    );
     assert_eq!(
         outcome(ctx.upstream_result("other").map(|v| v.cloned()))["error"],
         "task `task` asked for the result of `other`, which is not one of its dependencies (they are: `extract`)"
