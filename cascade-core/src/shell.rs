@@ -229,7 +229,9 @@ impl Drop for GroupGuard {
 
 /// Starts the watchdog that leads the task's process group: a `/bin/sh` that
 /// blocks reading a pipe whose only writer is this engine process, then
-/// SIGKILLs its own group (`kill -9 0`).
+/// SIGKILLs its own group (`kill -9 0`). It ignores SIGTERM (and SIGINT,
+/// SIGHUP), so a cancellation's SIGTERM to the group or a command's own
+/// `kill 0` leaves it watching; the engine ends it with the group's SIGKILL.
 ///
 /// The read returns when the write end closes, which the kernel does when
 /// the engine process exits in any way, SIGKILL included; the engine never
@@ -253,7 +255,7 @@ impl Drop for GroupGuard {
 fn spawn_watchdog() -> std::io::Result<(Child, ChildStdin)> {
     let mut watchdog = Command::new("/bin/sh")
         .arg("-c")
-        .arg("read -r line; kill -9 0")
+        .arg("trap '' HUP INT TERM; read -r line; kill -9 0")
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -311,7 +313,7 @@ async fn run(ctx: TaskContext, spec: Arc<ShellSpec>) -> TaskResult {
     )
     .await?;
 
-    let (watchdog, _watchdog_pipe) =
+    let (mut watchdog, _watchdog_pipe) =
         spawn_watchdog().map_err(|e| TaskError::new(format!("could not start `/bin/sh`: {e}")))?;
     let group = GroupGuard(watchdog.id());
     let Some(pgid) = watchdog.id().and_then(|id| i32::try_from(id).ok()) else {
@@ -346,11 +348,13 @@ async fn run(ctx: TaskContext, spec: Arc<ShellSpec>) -> TaskResult {
                 group.signal(nix::sys::signal::Signal::SIGKILL);
             }
             drop(group);
+            reap(&mut watchdog).await;
             return Err(TaskError::with_kind(TaskErrorKind::Cancelled, "shell command cancelled"));
         }
     };
     // Background children would hold the pipes open: end the group first.
     drop(group);
+    reap(&mut watchdog).await;
     drop(files);
     let stdout = stdout.await.unwrap_or_default();
     let stderr = stderr.await.unwrap_or_default();
@@ -370,6 +374,13 @@ async fn run(ctx: TaskContext, spec: Arc<ShellSpec>) -> TaskResult {
         .with_output(output)),
         None => Err(TaskError::new("command was killed by a signal").with_output(output)),
     }
+}
+
+/// Waits for the watchdog, which the group's SIGKILL has ended, so that no
+/// zombie is left (a watchdog dropped on another path is reaped by tokio).
+async fn reap(watchdog: &mut Child) {
+    let _ = watchdog.start_kill();
+    let _ = watchdog.wait().await;
 }
 
 /// The attempt output stored for a successful shell task: its stdout and stderr.

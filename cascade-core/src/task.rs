@@ -318,6 +318,10 @@ struct ContextInner {
 impl TaskContext {
     /// Builds a context; the engine does this for every attempt. Public so
     /// that handlers can be unit-tested without an engine.
+    ///
+    /// Such a context knows nothing of the DAG beyond what it is given: the
+    /// keys of `upstream` are taken as the task's direct dependencies, and
+    /// [`ancestor_result`](Self::ancestor_result) answers only for them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         job_id: JobId,
