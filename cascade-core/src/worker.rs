@@ -406,7 +406,7 @@ async fn start(
     .with_lineage(Lineage {
         plan: Arc::clone(&dag.plan),
         task: t,
-        store: cascade.store().clone(),
+        store: cascade.raw_store().clone(),
     });
     let handler = dag.handler_at(t);
     let started_at = execution.started_at.unwrap_or_else(Utc::now);

@@ -17,10 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [_, url, scenario, dir] => (url, scenario, dir, 1),
         [_, url, scenario, dir, lease] => (url, scenario, dir, lease.parse()?),
         _ => {
-            return Err(
-                "usage: cascade-crash-child <database-url> <scenario> <dir> [lease-secs]"
-                    .into(),
-            );
+            return Err("usage: cascade-crash-child <database-url> <scenario> <dir> [lease-secs]".into());
         }
     };
     let cascade = Cascade::builder()
