@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::{Callback, Dag, Handler};
 use crate::events::{Event, EventBus, JobEvent, JobEventKind, TaskEvent, TaskEventKind};
 use crate::runner::{self, Attempt, Completion, Outcome};
-use crate::shell::{self, ShellSpec};
+use crate::shell;
 use crate::state::{JobState, StateManager, TaskState};
 use crate::task::{
-    BoxFuture, CallbackContext, CallbackEvent, TaskContext, TaskError, TaskErrorKind, TaskResult,
+    BoxFuture, CallbackContext, CallbackEvent, Lineage, TaskContext, TaskError, TaskErrorKind, TaskResult,
 };
 use crate::{JobId, JobStatus, TaskStatus};
 
@@ -63,17 +63,7 @@ impl RegisteredDag {
             .iter()
             .map(|t| match &t.kind {
                 TaskKind::Local { handler } => dag.handler(handler).cloned(),
-                TaskKind::Shell { command, env, cwd } => {
-                    let spec = ShellSpec {
-                        command: command.clone(),
-                        env: env.clone(),
-                        cwd: cwd.clone(),
-                    };
-                    let handler: Handler = Arc::new(move |ctx| -> BoxFuture<TaskResult> {
-                        Box::pin(shell::run(ctx, spec.clone()))
-                    });
-                    Some(handler)
-                }
+                TaskKind::Shell { .. } => shell::handler(&plan, t),
             })
             .collect();
         RegisteredDag {
@@ -239,7 +229,7 @@ impl ActiveJobs {
 
 /// What a failed attempt leads to: a retry after the backoff (`up_for_retry`
 /// and when), or failure. `retry_base` is the attempt count before a re-run;
-/// `roll` is a uniform random number in [0, 1) for full jitter.
+/// `roll` is a uniform random number in [0, 1) for the jitter.
 pub(crate) fn retry_decision(
     plan_task: &cascade_ir::TaskPlan,
     error: &TaskError,
@@ -250,10 +240,7 @@ pub(crate) fn retry_decision(
 ) -> (TaskStatus, Option<DateTime<Utc>>) {
     let retry = plan_task.retry;
     if error.is_retryable() && attempt.saturating_sub(retry_base) <= retry.retries {
-        let mut delay = retry.backoff(attempt.saturating_sub(retry_base).max(1));
-        if retry.jitter {
-            delay = delay.mul_f64(roll);
-        }
+        let delay = retry.delay(attempt.saturating_sub(retry_base).max(1), roll);
         let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
         (TaskStatus::UpForRetry, Some(next))
     } else {
@@ -1619,7 +1606,12 @@ impl Scheduler {
             Arc::clone(&job.params),
             upstream,
             cancellation.clone(),
-        );
+        )
+        .with_lineage(Lineage {
+            plan: Arc::clone(&plan),
+            task: t,
+            store: self.state.store().clone(),
+        });
         let handler = job.dag.handler_at(t);
         let abort = runner::spawn(
             Attempt {

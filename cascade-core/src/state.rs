@@ -27,6 +27,11 @@ impl StateManager {
         StateManager { store }
     }
 
+    /// The store it commits to.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Commits one batch in one transaction, retrying with bounded backoff while
     /// the store is unavailable.
     pub(crate) async fn commit(&self, batch: &TransitionBatch) -> Result<BatchOutcome, StoreError> {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use cascade_ir::TaskKind;
 use cascade_store::{
     ClaimRequest, ClaimedTask, Notification, TaskAttempt, TaskChanges, TaskStatus, TaskTransition,
     TransitionBatch, WorkerInfo, WorkerRole,
@@ -27,7 +28,8 @@ use crate::engine::{Cascade, Inner};
 use crate::events::{Event, TaskEvent, TaskEventKind, WorkerEvent, WorkerEventKind};
 use crate::runner::{self, Attempt, Completion, Outcome};
 use crate::scheduler::{Command, RegisteredDag, RemoteTaskUpdate, retry_decision};
-use crate::task::TaskContext;
+use crate::shell;
+use crate::task::{Lineage, TaskContext};
 use crate::{DagId, JobId};
 
 /// A worker's settings.
@@ -415,7 +417,12 @@ async fn start(
         Arc::new(claimed.params),
         upstream,
         cancellation.clone(),
-    );
+    )
+    .with_lineage(Lineage {
+        plan: Arc::clone(&dag.plan),
+        task: t,
+        store: cascade.raw_store().clone(),
+    });
     let handler = dag.handler_at(t);
     let started_at = execution.started_at.unwrap_or_else(Utc::now);
     let abort = runner::spawn(
@@ -505,7 +512,11 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 None,
                 None,
             ),
-            Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
+            Outcome::Success(value) => {
+                let output =
+                    matches!(plan_task.kind, TaskKind::Shell { .. }).then(|| shell::success_output(&value));
+                (TaskStatus::Success, Some(value), None, output, None)
+            }
             Outcome::Failed(error) => {
                 *rng ^= *rng << 13;
                 *rng ^= *rng >> 7;

@@ -369,3 +369,75 @@ fn repeated_and_empty_labels() {
     ));
     assert_eq!(dag.tasks()[0].labels, ["gpu", "ssd"]);
 }
+
+#[test]
+fn shell_env_references_are_checked_against_direct_dependencies() {
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "extract", "handler": "h"},
+           {"id": "transform", "handler": "h", "depends_on": ["extract"]},
+           {"id": "load", "type": "shell", "command": "echo \"$N\"", "depends_on": ["transform"],
+            "env": {"N": "${upstream.extract.count}", "R": "${param.region}", "S": "${params.region", "OK": "${params.a}-${upstream.transform}"}}"#,
+    ));
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "task `load`: env `N`: `${upstream.extract.count}`: `extract` is not a direct dependency of this task (its dependencies: `transform`)",
+            "task `load`: env `R`: `${param.region}`: unknown root `param`: expected `params` or `upstream` (write `$${` for a literal `${`)",
+            "task `load`: env `S`: `${` at byte 0 is not closed by `}` (write `$${` for a literal `${`)",
+        ]
+    );
+    assert!(errors.iter().all(|e| matches!(
+        e,
+        ValidationError::InvalidEnvReference { task, .. } if task == "load"
+    )));
+    assert_eq!(
+        (errors[0].location().task, errors[0].location().key),
+        (Some(2), "env")
+    );
+}
+
+#[test]
+fn clean_env_is_a_shell_key_kept_in_the_normalized_ir() {
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "s", "type": "shell", "command": "env", "clean_env": true}, {"id": "t", "type": "shell", "command": "env"}"#,
+    ));
+    assert!(matches!(
+        &dag.tasks()[0].kind,
+        cascade_ir::TaskKind::Shell { clean_env: true, .. }
+    ));
+    assert!(dag.ir_json().contains(r#""clean_env":true"#));
+    // Off is the default and is not written, so existing DAGs keep their hash.
+    assert_eq!(dag.ir_json().matches("clean_env").count(), 1);
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "l", "handler": "h", "clean_env": true}"#,
+    ));
+    assert_eq!(
+        errors[0].to_string(),
+        "task `l`: `clean_env` is not allowed on a local task"
+    );
+}
+
+#[test]
+fn equal_jitter_keeps_retries_in_the_upper_half_of_the_backoff() {
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "t", "handler": "h", "retries": 5, "retry_delay": 10, "retry_max_delay": 30},
+           {"id": "u", "handler": "h", "retries": 5, "retry_delay": 10, "retry_jitter": false}"#,
+    ));
+    let jittered = dag.tasks()[0].retry;
+    for retry in 1..=5 {
+        let backoff = jittered.backoff(retry);
+        for step in 0..100 {
+            let delay = jittered.delay(retry, f64::from(step) / 100.0);
+            assert!(
+                delay >= backoff / 2 && delay <= backoff,
+                "retry {retry}: {delay:?} outside [{:?}, {backoff:?}]",
+                backoff / 2
+            );
+        }
+    }
+    assert_eq!(jittered.delay(3, 0.0), std::time::Duration::from_secs(15));
+    assert_eq!(jittered.delay(1, f64::NAN), std::time::Duration::from_secs(5));
+    let plain = dag.tasks()[1].retry;
+    assert_eq!(plain.delay(2, 0.0), std::time::Duration::from_secs(20));
+}
