@@ -732,7 +732,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("get_task_execution"))?;
+        .map_err(|e| e.during("get_task_execution"))?;
         row.map(TaskExecution::try_from).transpose()
     }
 
@@ -874,7 +874,7 @@ impl Store {
                 .get_results(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("renew_leases_of_jobs"))?;
+        .map_err(|e| e.during("renew_leases_of_jobs"))?;
         Ok(renewed.into_iter().map(JobId).collect())
     }
 
@@ -893,7 +893,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("request_cancel"))?;
+        .map_err(|e| e.during("request_cancel"))?;
         if n == 1 {
             return Ok(true);
         }
@@ -917,7 +917,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("jobs_with_cancel_requests"))?;
+        .map_err(|e| e.during("jobs_with_cancel_requests"))?;
         Ok(found.into_iter().map(JobId).collect())
     }
 
