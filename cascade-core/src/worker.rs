@@ -210,7 +210,14 @@ pub(crate) async fn run_worker(
                         let mut jobs: Vec<JobId> = running.keys().map(|(job, _)| *job).collect();
                         jobs.sort_unstable();
                         jobs.dedup();
-                        match cascade.raw_store().jobs_with_cancel_requests(&jobs).await {
+                        // Bounded like the heartbeat: a connection that dies
+                        // now must not hold up the lease watch.
+                        let requests = tokio::time::timeout(
+                            config.heartbeat_interval,
+                            cascade.raw_store().jobs_with_cancel_requests(&jobs),
+                        )
+                        .await;
+                        match requests.unwrap_or_else(|_| Ok(Vec::new())) {
                             Ok(cancelled) => {
                                 for job_id in cancelled {
                                     if running.iter().any(|((job, _), r)| *job == job_id && !r.job_cancelled) {
