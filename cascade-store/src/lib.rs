@@ -74,6 +74,7 @@ mod rows;
 mod schema;
 mod store;
 mod url;
+mod values;
 
 #[cfg(any(test, feature = "__test-util"))]
 #[doc(hidden)]
@@ -83,8 +84,9 @@ pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
 pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
 pub use crate::model::{
     BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
-    JobTransition, NewDag, NewJob, NewTask, Notification, TaskAttempt, TaskChanges, TaskExecution,
-    TaskTransition, TransitionBatch, WorkerInfo, WorkerRecord, WorkerRole, WorkerState,
+    JobTransition, NewDag, NewJob, NewTask, Notification, SplitOutcome, TaskAttempt, TaskChanges,
+    TaskExecution, TaskTransition, TransitionBatch, UncommittedJobs, WorkerInfo, WorkerRecord, WorkerRole,
+    WorkerState,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
 pub use crate::store::{Backend, Leadership, NotificationStream, Store};
