@@ -267,7 +267,7 @@ mod tests {
     fn nested(depth: usize) -> Value {
         let mut value = json!("leaf");
         for _ in 0..depth {
-            value = json!([value]);
+            value = Value::Array(vec![value]);
         }
         value
     }

@@ -594,6 +594,9 @@ impl Store {
     /// PostgreSQL only: [`StoreError::Unsupported`] on SQLite.
     #[instrument(skip(self), err)]
     pub async fn requeue_expired_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskExecution>> {
+        if self.backend() != Backend::Postgres {
+            return Err(self.unsupported("requeue_expired_tasks"));
+        }
         self.reap_expired_tasks(now, limit, u32::MAX).await
     }
 

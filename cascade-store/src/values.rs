@@ -146,7 +146,7 @@ mod tests {
     fn nested(depth: usize) -> Value {
         let mut value = json!(1);
         for _ in 0..depth {
-            value = json!([value]);
+            value = Value::Array(vec![value]);
         }
         value
     }
