@@ -286,3 +286,138 @@ pub struct TaskState {
     /// The current or last attempt (0 before the first).
     pub attempt: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use cascade_store::{NewDag, NewJob, NewTask};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Jobs of one task `t`, each `running` its first attempt with token 1.
+    async fn running_jobs(store: &Store, n: usize) -> Vec<JobId> {
+        let dag = store
+            .upsert_dag(NewDag {
+                name: "d".into(),
+                description: String::new(),
+                schedule: None,
+                definition: "{}".into(),
+                hash: "h".into(),
+            })
+            .await
+            .unwrap();
+        let mut jobs = Vec::new();
+        for _ in 0..n {
+            let task = NewTask {
+                task_id: "t".into(),
+                queue: "default".into(),
+                status: TaskStatus::Running,
+                attempt: 1,
+                fencing_token: 1,
+                started_at: None,
+                priority: 0,
+                labels: Vec::new(),
+            };
+            let job = NewJob {
+                dag_id: dag.id,
+                dag_version: dag.version,
+                status: JobStatus::Running,
+                trigger: "manual".into(),
+                params: json!({}),
+                idempotency_key: None,
+                owner: None,
+                lease_expires_at: None,
+                tasks: vec![task],
+            };
+            jobs.push(store.create_job(job).await.unwrap().job.id);
+        }
+        jobs
+    }
+
+    fn outcome(job_id: JobId, error: Option<&str>) -> TaskTransition {
+        let to = if error.is_some() {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Success
+        };
+        TaskTransition {
+            job_id,
+            task_id: "t".into(),
+            from: TaskStatus::Running,
+            fencing_token: 1,
+            to,
+            changes: TaskChanges {
+                result: error.is_none().then(|| json!(1)),
+                error: error.map(str::to_owned),
+                completed_at: Some(Utc::now()),
+                record_attempt: Some(TaskAttempt {
+                    job_id,
+                    task_id: "t".into(),
+                    attempt: 1,
+                    status: to,
+                    worker: Some("w".into()),
+                    error: error.map(str::to_owned),
+                    output: None,
+                    started_at: None,
+                    finished_at: Some(Utc::now()),
+                }),
+                ..TaskChanges::default()
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_row_fails_only_its_own_task() {
+        let db = cascade_store::testing::sqlite_url();
+        let store = Store::open(Some(&db.url)).await.unwrap();
+        let jobs = running_jobs(&store, 3).await;
+        let state = StateManager::new(store.clone());
+        let batch = TransitionBatch {
+            tasks: vec![
+                outcome(jobs[0], None),
+                outcome(jobs[1], Some("bad\u{0}byte")),
+                outcome(jobs[2], None),
+            ],
+            ..TransitionBatch::default()
+        };
+        let committed = state.commit(&batch).await.unwrap();
+        assert_eq!(committed.outcome.tasks, [true, false, true]);
+        assert_eq!(committed.failed.len(), 1);
+        assert_eq!(committed.failed[0].job_ids, [jobs[1]]);
+
+        // The refused outcome, committed on its own, becomes a failure of
+        // its task that says why.
+        let results = state
+            .commit_each(vec![batch.tasks[1].clone()], |_| Vec::new())
+            .await;
+        let [
+            Some(RowCommit {
+                transition,
+                won: true,
+                replaced: true,
+            }),
+        ] = results.as_slice()
+        else {
+            panic!("{results:?}");
+        };
+        assert_eq!(transition.to, TaskStatus::Failed);
+        let rows = store.list_task_executions_for_job(jobs[1]).await.unwrap();
+        let error = rows[0].error.clone().unwrap_or_default();
+        assert_eq!(rows[0].status, TaskStatus::Failed);
+        assert!(
+            error.starts_with(&format!(
+                "the task's outcome could not be stored: cannot store task_executions.error of job {}, task `t`: it contains a NUL character",
+                jobs[1]
+            )),
+            "{error}"
+        );
+        let attempts = store.list_task_attempts(jobs[1], "t").await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].status, TaskStatus::Failed);
+        assert_eq!(attempts[0].error.as_deref(), Some(error.as_str()));
+        for job_id in [jobs[0], jobs[2]] {
+            let rows = store.list_task_executions_for_job(job_id).await.unwrap();
+            assert_eq!(rows[0].status, TaskStatus::Success);
+        }
+    }
+}

@@ -1868,7 +1868,16 @@ mod cases {
     pub(super) async fn reap_records_lost_attempts_and_fails_after_max_lost(store: &Store) {
         if store.backend() != Backend::Postgres {
             let err = store.reap_expired_tasks(Utc::now(), 10, 3).await.unwrap_err();
-            assert!(matches!(err, StoreError::Unsupported { operation: "reap_expired_tasks", .. }), "{err:?}");
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Unsupported {
+                        operation: "reap_expired_tasks",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
             return;
         }
         let t0 = now_micros();
@@ -1896,7 +1905,10 @@ mod cases {
             (TaskStatus::Lost, Some("w1"), 0)
         );
         assert_eq!((lost.started_at, lost.finished_at), (Some(t0), Some(t1)));
-        assert!(lost.error.as_deref().is_some_and(|e| e.contains("w1")), "{lost:?}");
+        assert!(
+            lost.error.as_deref().is_some_and(|e| e.contains("w1")),
+            "{lost:?}"
+        );
 
         // Second loss: one more than max_lost, so the task fails.
         store
@@ -1911,10 +1923,7 @@ mod cases {
         assert_eq!(failed.error.as_deref(), Some("lost 2 times (max_lost 1)"));
         assert_eq!(failed.completed_at, Some(t2));
         let attempts = store.list_task_attempts(job.id, "x").await.unwrap();
-        let workers: Vec<_> = attempts
-            .iter()
-            .map(|a| (a.status, a.worker.as_deref()))
-            .collect();
+        let workers: Vec<_> = attempts.iter().map(|a| (a.status, a.worker.as_deref())).collect();
         assert_eq!(
             workers,
             [(TaskStatus::Lost, Some("w1")), (TaskStatus::Lost, Some("w2"))]
@@ -1922,7 +1931,13 @@ mod cases {
         assert!(store.reap_expired_tasks(t2, 10, 1).await.unwrap().is_empty());
 
         // A re-run (a new retry base) may be lost as often again.
-        let mut rerun = cas(job.id, "x", TaskStatus::Failed, failed.fencing_token, TaskStatus::Pending);
+        let mut rerun = cas(
+            job.id,
+            "x",
+            TaskStatus::Failed,
+            failed.fencing_token,
+            TaskStatus::Pending,
+        );
         rerun.changes.retry_base = Some(failed.attempt);
         rerun.changes.clear_outcome = true;
         let batch = TransitionBatch {
@@ -1940,7 +1955,13 @@ mod cases {
         bad_params.params = json!({ "name": "a\u{0}b" });
         let err = store.create_job(bad_params).await.unwrap_err();
         assert!(
-            matches!(&err, StoreError::InvalidValue { column: "jobs.params", .. }),
+            matches!(
+                &err,
+                StoreError::InvalidValue {
+                    column: "jobs.params",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert_eq!(err.kind(), ErrorKind::Other);
@@ -1959,8 +1980,10 @@ mod cases {
             "{err:?}"
         );
         assert!(
-            err.to_string()
-                .starts_with(&format!("cannot store task_executions.error of job {}, task `t`", job.id)),
+            err.to_string().starts_with(&format!(
+                "cannot store task_executions.error of job {}, task `t`",
+                job.id
+            )),
             "{err}"
         );
 
@@ -1976,7 +1999,13 @@ mod cases {
         };
         let err = store.commit_transitions(&batch).await.unwrap_err();
         assert!(
-            matches!(&err, StoreError::InvalidValue { column: "task_executions.result", .. }),
+            matches!(
+                &err,
+                StoreError::InvalidValue {
+                    column: "task_executions.result",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         let rows = store.list_task_executions_for_job(job.id).await.unwrap();

@@ -100,7 +100,11 @@ async fn poisoned_results_fail_only_their_own_tasks(url: &str) {
             .expect("healthy job within 30 s")
             .expect("wait");
         assert_eq!(job.status, JobStatus::Success, "{job:?}");
-        let details = cascade.store().get_job_with_details(job.id).await.expect("details");
+        let details = cascade
+            .store()
+            .get_job_with_details(job.id)
+            .await
+            .expect("details");
         assert!(details.tasks.iter().all(|t| t.status == TaskStatus::Success));
     }
     let job = tokio::time::timeout(Duration::from_secs(30), cascade.wait_for_job(poisoned.id))
@@ -137,10 +141,7 @@ async fn poisoned_results_fail_only_their_own_tasks(url: &str) {
         "result contains a NUL character (\\u0000) at $.rows[0].name",
     );
     expect_failed("shell_nul", "command wrote NUL bytes to stdout");
-    expect_failed(
-        "huge",
-        "result is 3145730 bytes, over max_result_bytes 2097152",
-    );
+    expect_failed("huge", "result is 3145730 bytes, over max_result_bytes 2097152");
     expect_failed(
         "deep",
         &format!("result is nested 200 levels deep, over the limit of {MAX_JSON_DEPTH}"),
@@ -429,7 +430,10 @@ async fn a_task_lost_too_often_fails() {
     for attempt in &attempts {
         assert_eq!(attempt.status, TaskStatus::Lost);
         assert!(
-            attempt.worker.as_deref().is_some_and(|w| w.starts_with("doomed-")),
+            attempt
+                .worker
+                .as_deref()
+                .is_some_and(|w| w.starts_with("doomed-")),
             "{attempt:?}"
         );
         assert!(attempt.started_at.is_some() && attempt.finished_at.is_some());
@@ -444,7 +448,10 @@ async fn a_task_lost_too_often_fails() {
         .build()
         .await
         .expect("worker");
-    worker.register_dag(lossy()).await.expect("register on the worker");
+    worker
+        .register_dag(lossy())
+        .await
+        .expect("register on the worker");
     scheduler.retry_job(job.id).await.expect("retry_job");
     let done = tokio::time::timeout(Duration::from_secs(30), scheduler.wait_for_job(job.id))
         .await
