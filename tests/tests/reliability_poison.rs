@@ -5,6 +5,8 @@
 //! job's row still commits the other jobs; and a task whose worker keeps
 //! disappearing fails after `max_lost` losses instead of going round forever.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cascade_core::{
@@ -379,23 +381,29 @@ async fn a_task_lost_too_often_fails() {
     // A worker that claims the task and then never heartbeats: each claim's
     // lease lapses and the leader's reaper takes the task back.
     let store = scheduler.store().clone();
-    let claimer = tokio::spawn(async move {
-        for n in 0.. {
-            let now = Utc::now();
-            let claimed = store
-                .claim_tasks(&ClaimRequest {
-                    worker: format!("doomed-{n}"),
-                    queues: vec!["default".into()],
-                    dag_ids: vec![dag.id],
-                    limit: 1,
-                    now,
-                    lease_until: now + chrono::Duration::milliseconds(200),
-                    labels: Vec::new(),
-                })
-                .await
-                .expect("claim");
-            if claimed.is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let claimer = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let now = Utc::now();
+                let claimed = store
+                    .claim_tasks(&ClaimRequest {
+                        worker: format!("doomed-{n}"),
+                        queues: vec!["default".into()],
+                        dag_ids: vec![dag.id],
+                        limit: 1,
+                        now,
+                        lease_until: now + chrono::Duration::milliseconds(200),
+                        labels: Vec::new(),
+                    })
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });
@@ -403,7 +411,9 @@ async fn a_task_lost_too_often_fails() {
         .await
         .expect("job settles within 30 s")
         .expect("wait");
-    claimer.abort();
+    // Stopped for good before the re-run, so it cannot claim that.
+    stop.store(true, Ordering::SeqCst);
+    claimer.await.expect("the claimer ran without error");
     assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
     assert!(
         failed
