@@ -401,13 +401,6 @@ pub struct SplitOutcome {
     pub failed: Vec<UncommittedJobs>,
 }
 
-impl SplitOutcome {
-    /// Whether every job's transitions were committed.
-    pub fn is_complete(&self) -> bool {
-        self.failed.is_empty()
-    }
-}
-
 /// Jobs whose transitions [`Store::commit_transitions_by_job`](crate::Store::commit_transitions_by_job)
 /// could not commit: ONE job whose transitions the store refused for a
 /// reason of their own (a value it cannot store, a constraint), or, when the
