@@ -56,7 +56,7 @@ pub(crate) async fn run_listener(engine: Weak<Inner>, role: Role, stop: Cancella
         let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
             return;
         };
-        let mut stream = match cascade.store().listen(&channels).await {
+        let mut stream = match cascade.raw_store().listen(&channels).await {
             Ok(stream) => {
                 backoff = Duration::from_millis(100);
                 // Whatever was announced while we were not listening is found
@@ -118,7 +118,7 @@ async fn handle(cascade: &Cascade, notification: Notification) {
         },
         JOBS_CHANNEL => {
             let dag_ids = cascade.registered_ids();
-            if let Err(error) = cascade.adopt_orphaned_jobs(&dag_ids).await {
+            if let Err(error) = cascade.adopt_orphaned_jobs(&dag_ids, false).await {
                 tracing::warn!(%error, "could not take over a new job; the lease keeper retries");
             }
         }
@@ -160,7 +160,7 @@ pub(crate) async fn forward_events(engine: Weak<Inner>, mut outbox: mpsc::Unboun
                 next = outbox.try_recv().ok();
             }
         }
-        if let Err(error) = cascade.store().commit_transitions(&batch).await {
+        if let Err(error) = cascade.raw_store().commit_transitions(&batch).await {
             tracing::warn!(%error, dropped = batch.notifications.len(), "could not share events with other nodes");
         }
     }

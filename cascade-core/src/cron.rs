@@ -70,7 +70,7 @@ async fn fire_due(cascade: &Cascade, dag: &Arc<RegisteredDag>) -> crate::Result<
     let Some(schedule) = dag.plan.schedule() else {
         return Ok(None);
     };
-    let record = cascade.store().get_dag(dag.record.id).await?;
+    let record = cascade.raw_store().get_dag(dag.record.id).await?;
     if record.paused {
         return Ok(None);
     }
@@ -80,7 +80,7 @@ async fn fire_due(cascade: &Cascade, dag: &Arc<RegisteredDag>) -> crate::Result<
         // First time: the next tick from now; nothing in the past fires.
         let next = schedule.next_after(now_s).and_then(at);
         cascade
-            .store()
+            .raw_store()
             .advance_dag_schedule(record.id, None, None, next)
             .await?;
         return Ok(next);
@@ -131,7 +131,7 @@ async fn fire_due(cascade: &Cascade, dag: &Arc<RegisteredDag>) -> crate::Result<
         })
         .and_then(at);
     let advanced = cascade
-        .store()
+        .raw_store()
         .advance_dag_schedule(record.id, Some(due), at(last), next)
         .await?;
     if !advanced {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cascade_store::{
     Backend, DagRecord, ErrorKind, Job, JobStatus, JobTransition, NewDag, NewJob, NewTask, Store,
-    StoreOptions, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
+    StoreOptions, StoreReader, TaskChanges, TaskStatus, TaskTransition, TransitionBatch,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -19,8 +19,9 @@ use crate::dag::Dag;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEventKind};
 use crate::limits::{self, Limits, MAX_RESULT_BYTES_CEILING};
+use crate::owner::{self, OrphanedJob};
 use crate::scheduler::RemoteTaskUpdate;
-use crate::scheduler::{CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
+use crate::scheduler::{ActiveJobs, CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
 use crate::state::{JobState, StateManager, TaskState};
 use crate::worker::{self, WorkerConfig};
 use crate::{DagId, JobId};
@@ -33,7 +34,16 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default capacity of the event bus per subscriber before it lags.
 pub const DEFAULT_EVENT_CAPACITY: usize = 8192;
-/// Default lease on the jobs an engine runs.
+/// The longest pause between two store reads of [`Cascade::wait_for_job`]
+/// waiting for a job that another engine runs.
+pub const WAIT_POLL_MAX: Duration = Duration::from_secs(1);
+const WAIT_POLL_MIN: Duration = Duration::from_millis(20);
+/// Jobs read per page when looking for jobs to take over.
+const ADOPT_PAGE: i64 = 200;
+/// Jobs held by other engines' leases logged one by one at registration.
+const ANNOUNCE_MAX: usize = 10;
+/// How long an engine's claim on a job lasts without renewal (default of
+/// [`CascadeBuilder::lease_duration`]).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// What an engine does in a deployment of several processes sharing one
@@ -272,7 +282,7 @@ impl CascadeBuilder {
                 ),
             });
         }
-        let worker_id = worker_id();
+        let worker_id = owner::new_engine_id();
         // Events cross processes when the work does.
         let (outbox, outbox_rx) = if role == Role::All {
             (None, None)
@@ -283,6 +293,7 @@ impl CascadeBuilder {
         let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY), outbox);
         let (commands, inbox) = mpsc::channel(1024);
         let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
+        let active = ActiveJobs::default();
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 workers,
@@ -290,6 +301,7 @@ impl CascadeBuilder {
                 cancel_grace,
                 remote_dispatch: role == Role::Scheduler,
                 limits,
+                active: active.clone(),
             },
             StateManager::new(store.clone()),
             events.clone(),
@@ -301,6 +313,8 @@ impl CascadeBuilder {
         let (worker_cancels, cancels_rx) = mpsc::unbounded_channel();
         let cascade = Cascade {
             inner: Arc::new(Inner {
+                reader: StoreReader::from(store.clone()),
+                active,
                 store,
                 events,
                 commands,
@@ -448,15 +462,18 @@ fn resolve_workers(configured: Option<usize>, from_env: Option<String>) -> Resul
     }
 }
 
-fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let nanos = Utc::now().timestamp_subsec_nanos();
-    format!("{host}:{}:{nanos:08x}", std::process::id())
+/// Resolves when `events` (of one job) says the job ended, missed events, or closed.
+async fn job_ended(events: &mut EventStream) {
+    use tokio_stream::StreamExt;
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Job(job) if job.status.is_terminal() => return,
+            Event::Lagged { .. } => return,
+            _ => {}
+        }
+    }
+    // The bus closed (shutdown): the caller's next store read decides.
+    std::future::pending::<()>().await;
 }
 
 /// The engine: register DAGs, trigger jobs, wait for them, watch their events.
@@ -493,6 +510,9 @@ pub struct Cascade {
 #[derive(Debug)]
 pub(crate) struct Inner {
     store: Store,
+    /// The jobs the scheduler runs now.
+    active: ActiveJobs,
+    reader: StoreReader,
     events: EventBus,
     commands: mpsc::Sender<Command>,
     registry: RwLock<HashMap<DagId, Arc<RegisteredDag>>>,
@@ -520,6 +540,12 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     /// How often a task may be lost before the reaper fails it.
     pub(crate) max_lost: u32,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        owner::retire(&self.worker_id);
+    }
 }
 
 impl Inner {
@@ -558,6 +584,11 @@ impl Cascade {
         self.inner.is_leader.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The jobs this engine's scheduler runs now.
+    pub(crate) fn running_jobs(&self) -> Vec<JobId> {
+        self.inner.active.ids()
+    }
+
     /// The lease on the jobs this engine runs.
     pub(crate) fn lease(&self) -> Duration {
         self.inner.lease
@@ -572,8 +603,14 @@ impl Cascade {
         CascadeBuilder::default()
     }
 
-    /// The store, for queries: DAGs, jobs, task executions, attempts.
-    pub fn store(&self) -> &Store {
+    /// The store, for queries: DAGs, jobs, task executions, attempts,
+    /// workers. Read-only: every change goes through the engine's verbs.
+    pub fn store(&self) -> &StoreReader {
+        &self.inner.reader
+    }
+
+    /// The store with its write verbs, for the engine's own parts.
+    pub(crate) fn raw_store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -615,48 +652,118 @@ impl Cascade {
         self.registry_write().insert(record.id, Arc::clone(&registered));
         tracing::info!(dag.id = %record.id, version = record.version, "dag registered");
         if self.inner.role != Role::Worker {
-            self.adopt_orphaned_jobs(&[record.id]).await?;
+            self.adopt_orphaned_jobs(&[record.id], true).await?;
             self.inner.cron_wakeup.notify_one();
         }
         Ok(record)
     }
 
-    /// Takes over the unfinished jobs of these DAGs that no engine owns: left
-    /// by a shutdown, or by a process that died and whose lease lapsed. Each
-    /// is claimed in the store first, so two engines never both resume one.
-    pub(crate) async fn adopt_orphaned_jobs(&self, dag_ids: &[DagId]) -> Result<usize> {
+    /// Takes over the unfinished jobs of these DAGs that no engine runs: left
+    /// by a shutdown, by a process that died and whose lease lapsed, or by a
+    /// process of this host that no longer exists (at once, whatever its
+    /// lease says). Each is claimed in the store first, so two engines never
+    /// both resume one. With `announce`, jobs still held by a lease of
+    /// another engine are logged at `warn` with when they can be taken over.
+    pub(crate) async fn adopt_orphaned_jobs(&self, dag_ids: &[DagId], announce: bool) -> Result<usize> {
+        let store = &self.inner.store;
+        let me = self.inner.worker_id.as_str();
         let mut adopted = 0;
         loop {
             let now = Utc::now();
-            let jobs = self.inner.store.list_claimable_jobs(dag_ids, now, 200).await?;
+            let jobs = store.list_claimable_jobs(dag_ids, now, ADOPT_PAGE).await?;
             let n = jobs.len();
             let mut progressed = false;
             for job in jobs {
-                let Some(current) = self.registered(job.dag_id) else {
-                    continue;
-                };
-                if self.is_active(job.id).await? {
-                    continue;
-                }
-                if !self
-                    .inner
-                    .store
-                    .claim_job(job.id, &self.inner.worker_id, self.lease_until(now), now)
+                if self
+                    .adopt(job, |job| store.claim_job(job.id, me, self.lease_until(now), now))
                     .await?
                 {
-                    continue;
+                    progressed = true;
+                    adopted += 1;
                 }
-                progressed = true;
-                let dag = self.dag_for_version(&current, job.dag_version).await?;
-                let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
-                tracing::info!(job.id = %job.id, previous_owner = ?job.owner, "resuming an unfinished job");
-                self.send(Command::Resume { job, dag, tasks }).await?;
-                adopted += 1;
             }
-            if n < 200 || !progressed {
-                return Ok(adopted);
+            if n < ADOPT_PAGE as usize || !progressed {
+                break;
             }
         }
+        // Jobs under another engine's live lease: taken over at once when
+        // that engine is provably gone, otherwise left to their lease.
+        let held = store
+            .list_unfinished_jobs(Some(dag_ids), Some(me), ADOPT_PAGE)
+            .await?;
+        let mut waiting = 0usize;
+        for job in held {
+            let now = Utc::now();
+            let (Some(owner), Some(lease_end)) = (job.owner.clone(), job.lease_expires_at) else {
+                continue;
+            };
+            if lease_end < now {
+                continue;
+            }
+            if owner::is_gone(&owner) {
+                let job_id = job.id;
+                if self
+                    .adopt(job, |job| {
+                        store.take_over_job(job.id, &owner, me, self.lease_until(now))
+                    })
+                    .await?
+                {
+                    tracing::info!(job.id = %job_id, previous_owner = %owner, "took the job over at once: its owner, a process of this host, no longer exists");
+                    adopted += 1;
+                }
+            } else if announce {
+                waiting += 1;
+                if waiting <= ANNOUNCE_MAX {
+                    let secs = (lease_end - now).num_seconds().max(0);
+                    tracing::warn!(job.id = %job.id, owner = %owner, "job {} is owned by {owner}, whose lease ends in {secs} s; if that engine is gone, the job will be taken over then", job.id);
+                }
+            }
+        }
+        if waiting > ANNOUNCE_MAX {
+            tracing::warn!(
+                more = waiting - ANNOUNCE_MAX,
+                "more unfinished jobs of these DAGs are owned by other engines; they are taken over when their leases end"
+            );
+        }
+        Ok(adopted)
+    }
+
+    /// Claims `job` with `claim` (unless it is unregistered or already active
+    /// here) and resumes it; whether it was resumed.
+    async fn adopt<F, Fut>(&self, job: Job, claim: F) -> Result<bool>
+    where
+        F: FnOnce(&Job) -> Fut,
+        Fut: std::future::Future<Output = cascade_store::Result<bool>>,
+    {
+        let Some(current) = self.registered(job.dag_id) else {
+            return Ok(false);
+        };
+        if self.is_active(job.id).await? || !claim(&job).await? {
+            return Ok(false);
+        }
+        let dag = self.dag_for_version(&current, job.dag_version).await?;
+        let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
+        tracing::info!(job.id = %job.id, previous_owner = ?job.owner, "resuming an unfinished job");
+        self.send(Command::Resume { job, dag, tasks }).await?;
+        Ok(true)
+    }
+
+    /// Unfinished jobs, of any DAG, that no engine runs: unowned (their
+    /// engine shut down), whose owner's lease ended, or whose owner was a
+    /// process of this host that no longer exists. An engine resumes such a
+    /// job when it registers the job's DAG; a program that runs once can
+    /// report or adopt them before it exits. At most 10,000, oldest first.
+    pub async fn orphaned_jobs(&self) -> Result<Vec<OrphanedJob>> {
+        let now = Utc::now();
+        let jobs = self
+            .inner
+            .store
+            .list_unfinished_jobs(None, Some(&self.inner.worker_id), 10_000)
+            .await?;
+        Ok(jobs
+            .into_iter()
+            .filter_map(|job| owner::orphan_reason(&job, now).map(|reason| OrphanedJob { job, reason }))
+            .collect())
     }
 
     /// The ids of the DAGs registered in this engine.
@@ -833,26 +940,35 @@ impl Cascade {
 
     /// Waits until the job is terminal (success, failed or cancelled) and
     /// returns it as committed.
+    ///
+    /// A job this engine runs is awaited in memory. A job run elsewhere (by
+    /// another process, or not yet taken over after a crash) costs next to
+    /// nothing while it runs: the wait wakes on the job's events, which cross
+    /// processes in distributed mode, and otherwise re-reads the store with a
+    /// backoff that grows to [`WAIT_POLL_MAX`].
     #[tracing::instrument(skip(self), err)]
     pub async fn wait_for_job(&self, job_id: JobId) -> Result<Job> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Wait { job_id, reply }).await?;
-        let _ = answer.await;
-        // Not (or no longer) run by this engine: the store is the truth. A job
-        // run elsewhere is polled with a gentle backoff.
-        let mut delay = Duration::from_millis(20);
+        // Subscribed before the first read, so an end in between is not missed.
+        let mut events = self.subscribe(Topic::Job(job_id));
+        let mut delay = WAIT_POLL_MIN;
         loop {
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Wait { job_id, reply }).await?;
+            // `true` once a job run here ended; `false` at once when it is not run here.
+            let ran_here = answer.await.unwrap_or(false);
             let job = self.get_job(job_id).await?;
             if job.status.is_terminal() {
                 return Ok(job);
             }
-            let (reply, answer) = oneshot::channel();
-            self.send(Command::Wait { job_id, reply }).await?;
+            if ran_here {
+                delay = WAIT_POLL_MIN;
+                continue;
+            }
             tokio::select! {
-                _ = answer => {}
+                () = job_ended(&mut events) => {}
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(1));
+            delay = (delay * 2).min(WAIT_POLL_MAX);
         }
     }
 
@@ -895,7 +1011,7 @@ impl Cascade {
                 .map(|t| TaskState {
                     task_id: t.task_id,
                     status: t.status,
-                    attempt: u32::try_from(t.attempt).unwrap_or(0),
+                    attempt: t.attempt,
                 })
                 .collect(),
         })
@@ -933,7 +1049,7 @@ impl Cascade {
                 job_id,
                 task_id: row.task_id,
                 token: row.fencing_token,
-                attempt: u32::try_from(row.attempt).unwrap_or(0),
+                attempt: row.attempt,
                 status: row.status,
                 error: row.error,
                 next_attempt_at: row.next_attempt_at,
@@ -1231,7 +1347,10 @@ impl Cascade {
         // Unfinished jobs are free for the next engine at once, without waiting
         // for their leases to lapse.
         match self.inner.store.release_jobs(&self.inner.worker_id).await {
-            Ok(released) if released > 0 => tracing::debug!(released, "released job leases"),
+            Ok(released) if released > 0 => tracing::info!(
+                released,
+                "released unfinished jobs; an engine that registers their DAG resumes them (Cascade::orphaned_jobs lists them)"
+            ),
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "could not release jobs; they resume once their leases lapse")
@@ -1257,6 +1376,7 @@ impl Cascade {
                 timestamp: Utc::now(),
             }));
         }
+        owner::retire(&self.inner.worker_id);
         tracing::info!(worker = %self.inner.worker_id, "cascade engine stopped");
         Ok(())
     }

@@ -34,7 +34,7 @@ pub(crate) async fn run_leader(
         };
         let inner = cascade.inner();
         match &mut leadership {
-            None => match cascade.store().try_lead(LEADER_LOCK).await {
+            None => match cascade.raw_store().try_lead(LEADER_LOCK).await {
                 Ok(Some(lead)) => {
                     tracing::info!(worker = %cascade.worker_id(), "became the leader: cron and the reaper run here");
                     leadership = Some(lead);
@@ -67,11 +67,11 @@ pub(crate) async fn run_leader(
 async fn reap(cascade: &Cascade, worker_timeout: Duration) {
     let now = Utc::now();
     let max_lost = cascade.inner().max_lost;
-    match cascade.store().reap_expired_tasks(now, 500, max_lost).await {
+    match cascade.raw_store().reap_expired_tasks(now, 500, max_lost).await {
         Ok(rows) if !rows.is_empty() => {
             let mut batch = cascade_store::TransitionBatch::default();
             for row in &rows {
-                let attempt = u32::try_from(row.attempt).unwrap_or(0);
+                let attempt = row.attempt;
                 if row.status == TaskStatus::Failed {
                     tracing::error!(
                         job.id = %row.job_id, task.id = %row.task_id, lost_count = row.lost_count, max_lost,
@@ -102,7 +102,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                     job_id: row.job_id,
                     task_id: row.task_id.clone(),
                     token: row.fencing_token,
-                    attempt,
+                    attempt: row.attempt,
                     status: row.status,
                     error: row.error.clone().filter(|_| row.status == TaskStatus::Failed),
                     next_attempt_at: None,
@@ -118,7 +118,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                     });
                 }
             }
-            if let Err(error) = cascade.store().commit_transitions(&batch).await {
+            if let Err(error) = cascade.raw_store().commit_transitions(&batch).await {
                 tracing::warn!(%error, "could not announce re-queued tasks; workers find them by polling");
             }
         }
@@ -127,7 +127,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
     }
     let stale_before =
         now - chrono::Duration::from_std(worker_timeout).unwrap_or(chrono::Duration::seconds(15));
-    match cascade.store().mark_lost_workers(stale_before).await {
+    match cascade.raw_store().mark_lost_workers(stale_before).await {
         Ok(lost) => {
             for worker in lost {
                 tracing::warn!(worker = %worker.id, last_heartbeat = %worker.last_heartbeat, "worker lost");

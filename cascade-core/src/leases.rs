@@ -7,6 +7,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Cascade, Inner};
+use crate::scheduler::Command;
 
 /// Runs until `stop` fires or the engine is gone.
 pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
@@ -17,16 +18,34 @@ pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
         let period = cascade.lease() / 3;
         let lease_until =
             Utc::now() + chrono::Duration::from_std(cascade.lease()).unwrap_or(chrono::Duration::seconds(30));
-        if let Err(error) = cascade
-            .store()
-            .renew_job_leases(cascade.worker_id(), lease_until)
+        // Exactly the jobs run here are renewed: a job this engine stopped
+        // running (a commit it gave up) lapses and is taken over, and a job
+        // whose renewal fails is another engine's now and stops here.
+        let running = cascade.running_jobs();
+        match cascade
+            .raw_store()
+            .renew_leases_of_jobs(cascade.worker_id(), &running, lease_until)
             .await
         {
-            tracing::warn!(%error, "could not renew job leases; other engines may take these jobs over");
+            Ok(renewed) if renewed.len() < running.len() => {
+                let renewed: std::collections::HashSet<_> = renewed.into_iter().collect();
+                let lost: Vec<_> = running.into_iter().filter(|id| !renewed.contains(id)).collect();
+                if cascade
+                    .send_command(Command::Detach { job_ids: lost })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not renew job leases; other engines may take these jobs over")
+            }
         }
         let dag_ids = cascade.registered_ids();
         if !dag_ids.is_empty() {
-            match cascade.adopt_orphaned_jobs(&dag_ids).await {
+            match cascade.adopt_orphaned_jobs(&dag_ids, false).await {
                 Ok(0) => {}
                 Ok(adopted) => {
                     tracing::info!(adopted, "took over jobs whose owner stopped renewing its lease")

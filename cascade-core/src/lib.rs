@@ -54,6 +54,7 @@ mod events;
 mod leader;
 mod leases;
 mod limits;
+mod owner;
 mod runner;
 mod scheduler;
 #[cfg(unix)]
@@ -65,20 +66,21 @@ mod worker;
 pub use cascade_ir::{IrError, RetryPolicy, TriggerRule, ValidDag, ValidationError, ValidationErrors};
 pub use cascade_macros::dag;
 pub use cascade_store::{
-    Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId, JobStatus,
-    SqliteSynchronous, Store, StoreError, StoreOptions, TaskAttempt, TaskExecution, TaskStatus, WorkerRecord,
-    WorkerRole, WorkerState,
+    AttemptSummary, Backend, DagId, DagRecord, DagVersion, ErrorKind, Job, JobDetails, JobFilter, JobId,
+    JobStatus, SqliteSynchronous, Store, StoreError, StoreOptions, StoreReader, TaskAttempt, TaskExecution,
+    TaskStatus, WorkerRecord, WorkerRole, WorkerState,
 };
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{
     Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_SHUTDOWN_TIMEOUT, Role,
+    DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_SHUTDOWN_TIMEOUT, Role, WAIT_POLL_MAX,
 };
 pub use error::{Error, Result};
 pub use events::{
     Event, EventStream, JobEvent, JobEventKind, TaskEvent, TaskEventKind, Topic, WorkerEvent, WorkerEventKind,
 };
 pub use limits::{DEFAULT_MAX_RESULT_BYTES, LimitViolation, MAX_JSON_DEPTH};
+pub use owner::{OrphanReason, OrphanedJob};
 pub use state::{JobState, TaskState};
 pub use task::{
     BoxFuture, CallbackContext, CallbackEvent, CallbackResult, TaskContext, TaskError, TaskErrorKind,

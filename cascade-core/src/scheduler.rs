@@ -154,6 +154,10 @@ pub(crate) enum Command {
         job_id: JobId,
         reply: oneshot::Sender<Option<JobState>>,
     },
+    /// These jobs are no longer this engine's (its lease renewal did not
+    /// cover them: another engine took them over): stop their attempts and
+    /// forget them.
+    Detach { job_ids: Vec<JobId> },
     /// Stop starting attempts, let running ones finish for up to `timeout`,
     /// then stop.
     Shutdown {
@@ -197,6 +201,32 @@ pub(crate) struct SchedulerConfig {
     pub(crate) remote_dispatch: bool,
     /// What a task's result may be.
     pub(crate) limits: Limits,
+    /// The jobs this scheduler runs, shared with the lease keeper, which
+    /// renews exactly these.
+    pub(crate) active: ActiveJobs,
+}
+
+/// The ids of the jobs a scheduler runs, readable without asking it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ActiveJobs(Arc<std::sync::Mutex<std::collections::HashSet<JobId>>>);
+
+impl ActiveJobs {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<JobId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, job_id: JobId) {
+        self.set().insert(job_id);
+    }
+
+    fn remove(&self, job_id: JobId) {
+        self.set().remove(&job_id);
+    }
+
+    /// The jobs run now.
+    pub(crate) fn ids(&self) -> Vec<JobId> {
+        self.set().iter().copied().collect()
+    }
 }
 
 /// What a failed attempt leads to: a retry after the backoff (`up_for_retry`
@@ -521,6 +551,14 @@ impl Scheduler {
                     let _ = reply.send(false);
                 }
             },
+            Command::Detach { job_ids } => {
+                for job_id in job_ids {
+                    if self.jobs.contains_key(&job_id) {
+                        tracing::warn!(job.id = %job_id, "this engine's lease on the job ended and another engine owns it now; stopping its attempts here");
+                        self.detach_job(job_id);
+                    }
+                }
+            }
             Command::ActiveJobs { reply } => {
                 let _ = reply.send(self.jobs.keys().copied().collect());
             }
@@ -581,6 +619,7 @@ impl Scheduler {
             }
         }
         tracing::info!(job.id = %job.id, dag = %run.dag.name, tasks = n, "job started");
+        self.config.active.insert(job.id);
         self.jobs.insert(job.id, run);
     }
 
@@ -601,11 +640,11 @@ impl Scheduler {
             };
             let task = &mut tasks[i];
             task.status = row.status;
-            task.attempt = u32::try_from(row.attempt).unwrap_or(0);
+            task.attempt = row.attempt;
             task.token = row.fencing_token;
             task.result = row.result.map(Arc::new);
             task.started_at = row.started_at;
-            task.retry_base = u32::try_from(row.retry_base).unwrap_or(0);
+            task.retry_base = row.retry_base;
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {
@@ -691,6 +730,7 @@ impl Scheduler {
             }
         }
         tracing::info!(job.id = %job.id, dag = %run.dag.name, unfinished = run.unfinished, "job resumed");
+        self.config.active.insert(job.id);
         self.jobs.insert(job.id, run);
         // Retries whose backoff was persisted fire at the stored time, or now if it passed.
         for (i, token, next_attempt_at) in retry_timers {
@@ -747,7 +787,7 @@ impl Scheduler {
         let record = |status: TaskStatus, error: Option<String>, output: Option<String>| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
-            attempt: attempt as i32,
+            attempt,
             status,
             worker: Some(worker_id.clone()),
             error,
@@ -857,7 +897,7 @@ impl Scheduler {
         let record = |status: TaskStatus| TaskAttempt {
             job_id,
             task_id: task_id.to_string(),
-            attempt: attempt as i32,
+            attempt,
             status,
             worker: Some(worker_id.clone()),
             error: Some(message.clone()),
@@ -1250,7 +1290,7 @@ impl Scheduler {
         let attempt = task.next_attempt();
         let queue = job.dag.plan.tasks()[t].queue.clone();
         let changes = TaskChanges {
-            attempt: Some(attempt as i32),
+            attempt: Some(attempt),
             clear_outcome: true,
             ..TaskChanges::default()
         };
@@ -1372,7 +1412,7 @@ impl Scheduler {
         let attempt = task.next_attempt();
         let token = task.token + 1;
         let changes = TaskChanges {
-            attempt: Some(attempt as i32),
+            attempt: Some(attempt),
             fencing_token: Some(token),
             worker: Some(self.config.worker_id.clone()),
             started_at: Some(now),
@@ -1558,6 +1598,7 @@ impl Scheduler {
             } => {
                 self.jobs.remove(&job_id);
                 self.repairs.remove(&job_id);
+                self.config.active.remove(job_id);
                 for waiter in waiters {
                     let _ = waiter.send(true);
                 }
@@ -1681,7 +1722,7 @@ impl Scheduler {
                             .changes
                             .record_attempt
                             .as_ref()
-                            .map_or(0, |a| u32::try_from(a.attempt).unwrap_or(0)),
+                            .map_or(0, |a| a.attempt),
                         error: transition.changes.error.clone(),
                         timestamp: Utc::now(),
                     })),
@@ -1718,6 +1759,7 @@ impl Scheduler {
         let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
+        self.config.active.remove(job_id);
         job.cancellation.cancel();
         for task in &job.tasks {
             if let Some(abort) = &task.abort {

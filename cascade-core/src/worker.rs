@@ -83,7 +83,7 @@ pub(crate) async fn run_worker(
         config.capacity,
         WorkerRole::Worker,
     );
-    if let Err(error) = cascade.store().register_worker(&info).await {
+    if let Err(error) = cascade.raw_store().register_worker(&info).await {
         tracing::error!(%error, "could not register the worker; it will retry with its heartbeat");
     }
     cascade.publish(Event::Worker(WorkerEvent {
@@ -186,7 +186,7 @@ pub(crate) async fn run_worker(
                     config.heartbeat_interval,
                     // Only the attempts running here keep their leases: a row
                     // whose claim or outcome got lost lapses and is re-queued.
-                    cascade.store().heartbeat_worker_tasks(
+                    cascade.raw_store().heartbeat_worker_tasks(
                         &id,
                         now,
                         now + chrono(config.task_lease),
@@ -196,7 +196,7 @@ pub(crate) async fn run_worker(
                 .await
                 .unwrap_or_else(|_| {
                     Err(cascade_store::StoreError::Unavailable {
-                        url: cascade.store().url().to_owned(),
+                        url: cascade.raw_store().url().to_owned(),
                         attempts: 1,
                         source: "heartbeat timed out".into(),
                     })
@@ -211,7 +211,7 @@ pub(crate) async fn run_worker(
                     }
                     Err(error) if error.kind() == cascade_store::ErrorKind::NotFound => {
                         // Declared lost while we were away: register again.
-                        let _ = cascade.store().register_worker(&info).await;
+                        let _ = cascade.raw_store().register_worker(&info).await;
                     }
                     Err(error) => {
                         database_ok = false;
@@ -232,7 +232,7 @@ pub(crate) async fn run_worker(
         }
     }
     if let Some(cascade) = engine.upgrade().map(Cascade::from_inner) {
-        if let Err(error) = cascade.store().deregister_worker(&id).await {
+        if let Err(error) = cascade.raw_store().deregister_worker(&id).await {
             tracing::warn!(%error, "could not deregister the worker");
         }
         cascade.publish(Event::Worker(WorkerEvent {
@@ -281,7 +281,7 @@ pub(crate) async fn keep_registered(
         let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
             return;
         };
-        let store = cascade.store();
+        let store = cascade.raw_store();
         let beat = if registered {
             let now = Utc::now();
             store
@@ -322,7 +322,7 @@ async fn claim(
     }
     let now = Utc::now();
     let claimed = cascade
-        .store()
+        .raw_store()
         .claim_tasks(&ClaimRequest {
             worker: id.to_owned(),
             queues: config.queues.clone(),
@@ -343,7 +343,7 @@ async fn claim(
         }
     }
     if !announce.notifications.is_empty()
-        && let Err(error) = cascade.store().commit_transitions(&announce).await
+        && let Err(error) = cascade.raw_store().commit_transitions(&announce).await
     {
         tracing::warn!(%error, "could not announce claims; schedulers learn of them by polling");
     }
@@ -383,14 +383,14 @@ async fn start(
         std::collections::HashMap::new()
     } else {
         cascade
-            .store()
+            .raw_store()
             .upstream_results(execution.job_id, &dependencies)
             .await?
             .into_iter()
             .filter_map(|(task, result)| result.map(|r| (Arc::from(task.as_str()), Arc::new(r))))
             .collect()
     };
-    let attempt = u32::try_from(execution.attempt).unwrap_or(1).max(1);
+    let attempt = execution.attempt.max(1);
     let cancellation = CancellationToken::new();
     let context = TaskContext::new(
         execution.job_id,
@@ -449,7 +449,7 @@ async fn start(
             task: t,
             token: execution.fencing_token,
             attempt,
-            retry_base: u32::try_from(execution.retry_base).unwrap_or(0),
+            retry_base: execution.retry_base,
             started_at,
             cancellation,
             abort,
@@ -527,7 +527,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 record_attempt: Some(TaskAttempt {
                     job_id,
                     task_id,
-                    attempt: number as i32,
+                    attempt: number,
                     status: to,
                     worker: Some(worker.to_owned()),
                     error,
@@ -553,7 +553,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
         notifications: rows.iter().map(|(_, n, t)| announce(*n, t)).collect(),
     };
     let committed: Vec<(DagId, u32, TaskTransition, bool)> =
-        match cascade.store().commit_transitions(&batch).await {
+        match cascade.raw_store().commit_transitions(&batch).await {
             Ok(outcome) => rows
                 .into_iter()
                 .zip(outcome.tasks)
@@ -575,7 +575,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                     .iter()
                     .map(|(dag_id, number, t)| ((t.job_id, t.task_id.clone()), (*dag_id, *number)))
                     .collect();
-                let state = StateManager::new(cascade.store().clone());
+                let state = StateManager::new(cascade.raw_store().clone());
                 let results = state
                     .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
                         let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);

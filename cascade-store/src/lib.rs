@@ -70,6 +70,7 @@ mod ids;
 mod json;
 mod model;
 mod options;
+mod reader;
 mod rows;
 mod schema;
 mod store;
@@ -83,10 +84,11 @@ pub mod testing;
 pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
 pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
 pub use crate::model::{
-    BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
-    JobTransition, NewDag, NewJob, NewTask, Notification, SplitOutcome, TaskAttempt, TaskChanges,
-    TaskExecution, TaskTransition, TransitionBatch, UncommittedJobs, WorkerInfo, WorkerRecord, WorkerRole,
-    WorkerState,
+    AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job,
+    JobDetails, JobFilter, JobTransition, NewDag, NewJob, NewTask, Notification, SplitOutcome, TaskAttempt,
+    TaskChanges, TaskExecution, TaskTransition, TransitionBatch, UncommittedJobs, WorkerInfo, WorkerRecord,
+    WorkerRole, WorkerState,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
+pub use crate::reader::StoreReader;
 pub use crate::store::{Backend, Leadership, NotificationStream, Store};

@@ -97,7 +97,7 @@ pub struct TaskExecution {
     /// Current state.
     pub status: TaskStatus,
     /// Current attempt number (0 before the first attempt starts).
-    pub attempt: i32,
+    pub attempt: u32,
     /// Token that a writer must present to change this row (see [`TaskTransition`]).
     pub fencing_token: i64,
     /// The worker running or last running it.
@@ -128,7 +128,7 @@ pub struct TaskExecution {
     /// since it was created or last re-run. Counted apart from `attempt`: an
     /// infrastructure loss is not a failure of the task, until it happens
     /// more than `max_lost` times.
-    pub lost_count: i32,
+    pub lost_count: u32,
     /// Labels a worker must all have to claim the task (see
     /// [`ClaimRequest::labels`]); empty: any worker. Set at creation
     /// ([`NewTask::labels`]).
@@ -139,7 +139,7 @@ pub struct TaskExecution {
     /// above this, so a re-run task has its full budget again. 0 for a task
     /// never re-run.
     #[serde(default)]
-    pub retry_base: i32,
+    pub retry_base: u32,
 }
 
 /// One finished attempt of a task, kept as history.
@@ -150,7 +150,7 @@ pub struct TaskAttempt {
     /// The task's id within the DAG.
     pub task_id: String,
     /// Attempt number.
-    pub attempt: i32,
+    pub attempt: u32,
     /// How the attempt ended.
     pub status: TaskStatus,
     /// The worker that ran it.
@@ -174,6 +174,26 @@ pub struct JobDetails {
     pub dag: DagRecord,
     /// Its task executions, ordered by row id (creation order).
     pub tasks: Vec<TaskExecution>,
+    /// Per task that has attempts, what they add up to: in the order of
+    /// `tasks`; tasks that never started have none.
+    pub attempt_summaries: Vec<AttemptSummary>,
+}
+
+/// What the recorded attempts of one task add up to: the total time a task
+/// took, retries included, without reading its attempts one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptSummary {
+    /// The task.
+    pub task_id: String,
+    /// How many attempts were recorded (lost ones included).
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub first_started_at: Option<DateTime<Utc>>,
+    /// When the latest finished attempt finished.
+    pub last_finished_at: Option<DateTime<Utc>>,
+    /// The running time of the finished attempts, added up (waits between
+    /// retries not included).
+    pub total_run_time: std::time::Duration,
 }
 
 /// A DAG to register with [`Store::upsert_dag`](crate::Store::upsert_dag).
@@ -201,7 +221,7 @@ pub struct NewTask {
     /// Initial state (usually `pending`, or `queued` for roots).
     pub status: TaskStatus,
     /// Initial attempt number.
-    pub attempt: i32,
+    pub attempt: u32,
     /// Initial fencing token.
     pub fencing_token: i64,
     /// Start time, if the task is created already running.
@@ -280,7 +300,7 @@ impl Default for JobFilter {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskChanges {
     /// New attempt number.
-    pub attempt: Option<i32>,
+    pub attempt: Option<u32>,
     /// The new fencing token (the expected one is in [`TaskTransition::fencing_token`]).
     pub fencing_token: Option<i64>,
     /// Worker running the task.
@@ -311,7 +331,7 @@ pub struct TaskChanges {
     /// budget does not count (see [`TaskExecution::retry_base`]). Setting it
     /// also sets [`TaskExecution::lost_count`] back to 0: a re-run task may
     /// be lost as often again as a new one.
-    pub retry_base: Option<i32>,
+    pub retry_base: Option<u32>,
 }
 
 /// A compare-and-set on one task execution row.

@@ -36,6 +36,20 @@ fn parse_task_status(column: &'static str, value: String) -> Result<TaskStatus> 
     value.parse().map_err(|_| StoreError::Corrupt { column, value })
 }
 
+/// A count column (attempts, losses) as the model's `u32`; a negative value
+/// was written outside cascade.
+fn count(column: &'static str, value: i32) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.to_string(),
+    })
+}
+
+/// A count as stored (the columns are 32-bit signed integers).
+pub(crate) fn stored(count: u32) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
 /// A list column (queues, labels) as stored: a JSON array of strings.
 pub(crate) fn encode_labels(list: &[String]) -> String {
     serde_json::to_string(list).expect("a list of strings serialises")
@@ -214,7 +228,7 @@ impl TryFrom<TaskRow> for TaskExecution {
             job_id: JobId(row.job_id),
             task_id: row.task_id,
             status: parse_task_status("task_executions.status", row.status)?,
-            attempt: row.attempt,
+            attempt: count("task_executions.attempt", row.attempt)?,
             fencing_token: row.fencing_token,
             worker: row.worker,
             queue: row.queue,
@@ -227,9 +241,9 @@ impl TryFrom<TaskRow> for TaskExecution {
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
             priority: row.priority,
-            lost_count: row.lost_count,
+            lost_count: count("task_executions.lost_count", row.lost_count)?,
             labels: decode_labels("task_executions.labels", row.labels)?,
-            retry_base: row.retry_base,
+            retry_base: count("task_executions.retry_base", row.retry_base)?,
         })
     }
 }
@@ -259,7 +273,7 @@ impl NewTaskRow {
             job_id,
             task_id: task.task_id.clone(),
             status: task.status.as_str(),
-            attempt: task.attempt,
+            attempt: stored(task.attempt),
             fencing_token: task.fencing_token,
             queue: task.queue.clone(),
             started_at: task.started_at.map(naive),
@@ -293,7 +307,7 @@ impl TryFrom<AttemptRow> for TaskAttempt {
         Ok(TaskAttempt {
             job_id: JobId(row.job_id),
             task_id: row.task_id,
-            attempt: row.attempt,
+            attempt: count("task_attempts.attempt", row.attempt)?,
             status: parse_task_status("task_attempts.status", row.status)?,
             worker: row.worker,
             error: row.error,
@@ -325,7 +339,7 @@ impl From<&TaskAttempt> for NewAttemptRow {
         NewAttemptRow {
             job_id: attempt.job_id.0,
             task_id: attempt.task_id.clone(),
-            attempt: attempt.attempt,
+            attempt: stored(attempt.attempt),
             status: attempt.status.as_str(),
             worker: attempt.worker.clone(),
             error: attempt.error.clone(),
@@ -401,7 +415,7 @@ impl TaskCas {
             set: TaskChangeset {
                 status: transition.to.as_str(),
                 updated_at: at,
-                attempt: *attempt,
+                attempt: attempt.map(stored),
                 fencing_token: *fencing_token,
                 worker: worker.clone(),
                 started_at: started_at.map(naive),
@@ -411,7 +425,7 @@ impl TaskCas {
                 completed_at: outcome(completed_at.map(naive), *clear_outcome),
                 next_attempt_at: outcome(next_attempt_at.map(naive), *clear_outcome),
                 priority: *priority,
-                retry_base: *retry_base,
+                retry_base: retry_base.map(stored),
                 // A re-run starts with its full budget of losses too.
                 lost_count: retry_base.map(|_| 0),
             },

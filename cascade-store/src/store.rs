@@ -14,8 +14,8 @@ use crate::error::{Result, StoreError};
 use crate::ids::{DagId, JobId, JobStatus};
 use crate::json::JsonValue;
 use crate::model::{
-    BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter, JobTransition, NewDag,
-    NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
+    AttemptSummary, BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
+    JobTransition, NewDag, NewJob, TaskAttempt, TaskExecution, TaskTransition, TransitionBatch,
 };
 use crate::options::StoreOptions;
 use crate::rows::{
@@ -547,7 +547,7 @@ impl Store {
     /// A job with its DAG and all its task executions, read consistently.
     #[instrument(skip(self), err)]
     pub async fn get_job_with_details(&self, job_id: JobId) -> Result<JobDetails> {
-        let found: Option<(JobRow, DagRow, Vec<TaskRow>)> = read!(self, |c| {
+        let found: Option<(JobRow, DagRow, Vec<TaskRow>, Vec<AttemptSpan>)> = read!(self, |c| {
             c.transaction(async |c| -> Result<_> {
                 let Some(job) = jobs::table
                     .find(job_id.0)
@@ -569,19 +569,31 @@ impl Store {
                     .select(TaskRow::as_select())
                     .load(c)
                     .await?;
-                Ok(Some((job, dag, tasks)))
+                let spans: Vec<AttemptSpan> = task_attempts::table
+                    .filter(task_attempts::job_id.eq(job_id.0))
+                    .select((
+                        task_attempts::task_id,
+                        task_attempts::started_at,
+                        task_attempts::finished_at,
+                    ))
+                    .load(c)
+                    .await?;
+                Ok(Some((job, dag, tasks, spans)))
             })
             .await
         })
         .map_err(|e| e.during("get_job_with_details"))?;
-        let (job, dag, tasks) = found.ok_or(StoreError::JobNotFound { job_id })?;
+        let (job, dag, tasks, spans) = found.ok_or(StoreError::JobNotFound { job_id })?;
+        let tasks: Vec<TaskExecution> = tasks
+            .into_iter()
+            .map(TaskExecution::try_from)
+            .collect::<Result<_>>()?;
+        let attempt_summaries = summarize_attempts(&tasks, spans);
         Ok(JobDetails {
             job: job.try_into()?,
             dag: dag.into(),
-            tasks: tasks
-                .into_iter()
-                .map(TaskExecution::try_from)
-                .collect::<Result<_>>()?,
+            tasks,
+            attempt_summaries,
         })
     }
 
@@ -719,6 +731,36 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Extends to `lease_until` the lease of those of `job_ids` that are still
+    /// unfinished and owned by `owner`; returns the ids it extended. An id
+    /// missing from the answer is no longer this owner's to run (another
+    /// engine took it over after its lease ended, or it finished).
+    #[instrument(skip(self, job_ids), fields(n = job_ids.len()), err)]
+    pub async fn renew_leases_of_jobs(
+        &self,
+        owner: &str,
+        job_ids: &[JobId],
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<JobId>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_until = naive(lease_until);
+        let ids: Vec<i64> = job_ids.iter().map(|id| id.0).collect();
+        let renewed: Vec<i64> = write_one!(self, |c| {
+            diesel::update(jobs::table)
+                .filter(jobs::id.eq_any(&ids))
+                .filter(jobs::owner.eq(owner))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .set(jobs::lease_expires_at.eq(lease_until))
+                .returning(jobs::id)
+                .get_results(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("renew_leases_of_jobs"))?;
+        Ok(renewed.into_iter().map(JobId).collect())
+    }
+
     /// Gives up every job owned by `owner` (owner and lease become NULL), for
     /// a graceful shutdown: other engines may claim them at once. Returns how
     /// many jobs that was.
@@ -787,6 +829,75 @@ impl Store {
         })
         .map_err(|e| StoreError::from(e).during("list_claimable_jobs"))?;
         rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Up to `limit` unfinished (`pending` or `running`) jobs, oldest first,
+    /// whoever owns them: of the given DAGs, or of every DAG when `dag_ids` is
+    /// `None`; without those owned by `except_owner` when given. What a caller
+    /// looks through for jobs left by engines that are gone.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
+    /// for job in store.list_unfinished_jobs(None, None, 100).await? {
+    ///     println!("job {} is owned by {:?}", job.id, job.owner);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self, dag_ids), err)]
+    pub async fn list_unfinished_jobs(
+        &self,
+        dag_ids: Option<&[DagId]>,
+        except_owner: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        if limit <= 0 || dag_ids.is_some_and(<[DagId]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let dag_ids: Option<Vec<i64>> = dag_ids.map(|ids| ids.iter().map(|id| id.0).collect());
+        let rows: Vec<JobRow> = read!(self, |c| {
+            let mut query = jobs::table
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(JobRow::as_select())
+                .into_boxed();
+            if let Some(ids) = &dag_ids {
+                query = query.filter(jobs::dag_id.eq_any(ids));
+            }
+            if let Some(owner) = except_owner {
+                query = query.filter(jobs::owner.is_null().or(jobs::owner.ne(owner)));
+            }
+            query.load(c).await
+        })
+        .map_err(|e| StoreError::from(e).during("list_unfinished_jobs"))?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Takes an unfinished job over from `previous_owner`, whatever its lease
+    /// says, in one compare-and-set: for an owner known to be gone (a process
+    /// on this host that no longer exists). Returns whether it won; it loses
+    /// when the job finished or changed owner meanwhile.
+    #[instrument(skip(self), err)]
+    pub async fn take_over_job(
+        &self,
+        job_id: JobId,
+        previous_owner: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let lease_until = naive(lease_until);
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table.find(job_id.0))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::owner.eq(previous_owner))
+                .set((jobs::owner.eq(owner), jobs::lease_expires_at.eq(lease_until)))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| StoreError::from(e).during("take_over_job"))?;
+        Ok(n == 1)
     }
 
     // ----- transitions --------------------------------------------------------
@@ -933,3 +1044,40 @@ where
 mod distributed;
 
 pub use self::distributed::{Leadership, NotificationStream};
+
+/// An attempt's task, start and end, as read for [`AttemptSummary`].
+type AttemptSpan = (
+    String,
+    Option<chrono::NaiveDateTime>,
+    Option<chrono::NaiveDateTime>,
+);
+
+/// Adds up each task's attempts, in the order of `tasks`.
+fn summarize_attempts(tasks: &[TaskExecution], spans: Vec<AttemptSpan>) -> Vec<AttemptSummary> {
+    let mut by_task: std::collections::HashMap<String, AttemptSummary> = std::collections::HashMap::new();
+    for (task_id, started, finished) in spans {
+        let summary = by_task.entry(task_id.clone()).or_insert_with(|| AttemptSummary {
+            task_id,
+            attempts: 0,
+            first_started_at: None,
+            last_finished_at: None,
+            total_run_time: std::time::Duration::ZERO,
+        });
+        summary.attempts += 1;
+        let started = started.map(|t| t.and_utc());
+        let finished = finished.map(|t| t.and_utc());
+        if let Some(s) = started {
+            summary.first_started_at = Some(summary.first_started_at.map_or(s, |f| f.min(s)));
+        }
+        if let Some(f) = finished {
+            summary.last_finished_at = Some(summary.last_finished_at.map_or(f, |l| l.max(f)));
+        }
+        if let (Some(s), Some(f)) = (started, finished) {
+            summary.total_run_time += (f - s).to_std().unwrap_or_default();
+        }
+    }
+    tasks
+        .iter()
+        .filter_map(|task| by_task.remove(&task.task_id))
+        .collect()
+}

@@ -5,11 +5,12 @@
 //! see what ran, how often, and in which process.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use cascade_core::{Dag, TaskContext, TaskError, TaskResult};
+use cascade_core::{Dag, JobId, TaskContext, TaskError, TaskResult};
 use serde_json::json;
 
 /// Which process runs the handlers: the one that will be killed hangs in the
@@ -120,4 +121,61 @@ pub fn retry_backoff_dag() -> Dag {
     Dag::from_ir_json(ir)
         .unwrap_or_else(|e| panic!("crash IR: {e}"))
         .with_handler("flaky", flaky)
+}
+
+/// A child engine process running one job, to be killed.
+#[derive(Debug)]
+pub struct Victim {
+    pub child: Child,
+    pub job_id: JobId,
+}
+
+/// A fresh directory for a job's marker files.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("cascade-crash-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Starts `exe` (the `cascade-crash-child` binary) on `scenario` with a job
+/// lease of `lease_secs`; returns once it printed its job id.
+pub fn start_victim(exe: &str, url: &str, scenario: &str, dir: &Path, lease_secs: u64) -> Victim {
+    let mut child = Command::new(exe)
+        .args([url, scenario, &dir.display().to_string(), &lease_secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child process");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the job id");
+    let job_id = line
+        .trim()
+        .strip_prefix("job ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("child said {line:?}"));
+    Victim { child, job_id }
+}
+
+/// Polls `done` until it holds; panics after 30 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs the child and reaps it.
+pub fn sigkill(mut victim: Victim) {
+    victim.child.kill().expect("SIGKILL");
+    victim.child.wait().expect("reap");
 }

@@ -3,14 +3,11 @@
 //! finished tasks never run again; the interrupted task runs again with its
 //! attempt number kept and its side effect made once through the idempotency key.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cascade_core::{Cascade, JobId, JobStatus, TaskStatus};
+use cascade_core::{Cascade, JobStatus, TaskStatus};
 use cascade_tests::backend_tests;
-use cascade_tests::crash::{self, Role, marks};
+use cascade_tests::crash::{self, Role, marks, sigkill, start_victim, temp_dir, wait_until};
 
 backend_tests!(sigkill_mid_task, sigkill_during_retry_backoff);
 
@@ -25,59 +22,15 @@ async fn survivor(url: &str) -> Cascade {
         .expect("engine")
 }
 
-struct Victim {
-    child: Child,
-    job_id: JobId,
-}
-
-fn temp_dir(label: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("cascade-crash-{label}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn start_victim(url: &str, scenario: &str, dir: &Path) -> Victim {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade-crash-child"))
-        .args([url, scenario, &dir.display().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child process");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the job id");
-    let job_id = line
-        .trim()
-        .strip_prefix("job ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("child said {line:?}"));
-    Victim { child, job_id }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigkill(mut victim: Victim) {
-    victim.child.kill().expect("SIGKILL");
-    victim.child.wait().expect("reap");
-}
-
 async fn sigkill_mid_task(url: &str) {
     let dir = temp_dir("mid");
-    let victim = start_victim(url, "mid_task", &dir);
+    let victim = start_victim(
+        env!("CARGO_BIN_EXE_cascade-crash-child"),
+        url,
+        "mid_task",
+        &dir,
+        1,
+    );
     let job_id = victim.job_id;
     // Kill it while `work` hangs, after its side effect (the ledger entry and
     // its mark, written one after the other) is complete.
@@ -142,7 +95,13 @@ async fn sigkill_mid_task(url: &str) {
 
 async fn sigkill_during_retry_backoff(url: &str) {
     let dir = temp_dir("backoff");
-    let victim = start_victim(url, "retry_backoff", &dir);
+    let victim = start_victim(
+        env!("CARGO_BIN_EXE_cascade-crash-child"),
+        url,
+        "retry_backoff",
+        &dir,
+        1,
+    );
     let job_id = victim.job_id;
     let probe = cascade_core::Store::open(Some(url)).await.expect("store");
     let start = Instant::now();

@@ -158,7 +158,7 @@ async fn callbacks_run_after_commit(url: &str) {
                             .map_err(TaskError::from)?;
                         attempts
                             .iter()
-                            .find(|a| a.attempt as u32 == ctx.attempt)
+                            .find(|a| a.attempt == ctx.attempt)
                             .map(|a| a.status.to_string())
                     }
                     (Some(id), _) => tasks

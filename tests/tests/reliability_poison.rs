@@ -380,7 +380,7 @@ async fn a_task_lost_too_often_fails() {
 
     // A worker that claims the task and then never heartbeats: each claim's
     // lease lapses and the leader's reaper takes the task back.
-    let store = scheduler.store().clone();
+    let store = Store::open(Some(url)).await.expect("a store for the claimer");
     let stop = Arc::new(AtomicBool::new(false));
     let claimer = tokio::spawn({
         let stop = Arc::clone(&stop);

@@ -157,7 +157,7 @@ async fn rerun_has_its_full_retry_budget_across_a_restart(url: &str) {
         (TaskStatus::Success, 6, 3)
     );
     assert_eq!(row.result, Some(json!({ "attempt": 6 })));
-    let history: Vec<(i32, TaskStatus)> = second
+    let history: Vec<(u32, TaskStatus)> = second
         .store()
         .list_task_attempts(job.id, "flaky")
         .await

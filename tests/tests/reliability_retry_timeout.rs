@@ -69,7 +69,7 @@ async fn retries_until_success_and_records_attempts(url: &str) {
         .list_task_attempts(job.id, "unstable")
         .await
         .expect("attempts");
-    let summary: Vec<(i32, TaskStatus, Option<String>)> = attempts
+    let summary: Vec<(u32, TaskStatus, Option<String>)> = attempts
         .iter()
         .map(|a| (a.attempt, a.status, a.error.clone()))
         .collect();
@@ -98,6 +98,31 @@ async fn retries_until_success_and_records_attempts(url: &str) {
     );
     let after = tasks.iter().find(|t| t.task_id == "after").expect("row");
     assert_eq!(after.result, Some(json!({ "succeeded_on": 3 })));
+
+    // The job's details add each task's attempts up.
+    let details = cascade
+        .store()
+        .get_job_with_details(job.id)
+        .await
+        .expect("details");
+    let summaries: Vec<(&str, u32)> = details
+        .attempt_summaries
+        .iter()
+        .map(|s| (s.task_id.as_str(), s.attempts))
+        .collect();
+    assert_eq!(summaries, vec![("unstable", 3), ("after", 1)]);
+    let unstable_summary = &details.attempt_summaries[0];
+    assert_eq!(unstable_summary.first_started_at, attempts[0].started_at);
+    assert_eq!(unstable_summary.last_finished_at, attempts[2].finished_at);
+    let added_up: Duration = attempts
+        .iter()
+        .map(|a| {
+            (a.finished_at.expect("end") - a.started_at.expect("start"))
+                .to_std()
+                .expect("positive")
+        })
+        .sum();
+    assert_eq!(unstable_summary.total_run_time, added_up);
 
     let mut retries_seen = 0;
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {

@@ -1,7 +1,9 @@
 //! The process the crash-recovery tests kill with SIGKILL: starts an engine,
 //! triggers one job, prints `job <id>` and runs until killed.
 //!
-//! Usage: `cascade-crash-child <database-url> <mid_task|retry_backoff> <dir>`
+//! Usage: `cascade-crash-child <database-url> <mid_task|retry_backoff> <dir> [lease-secs]`
+//! (the lease defaults to 1 s, so that a test's engine takes the job over
+//! soon after the kill even without knowing that the process is gone).
 
 use cascade_core::Cascade;
 use cascade_tests::crash::{self, Role};
@@ -10,14 +12,20 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, scenario, dir] = args.as_slice() else {
-        return Err("usage: cascade-crash-child <database-url> <mid_task|retry_backoff> <dir>".into());
+    let (url, scenario, dir, lease) = match args.as_slice() {
+        [_, url, scenario, dir] => (url, scenario, dir, 1),
+        [_, url, scenario, dir, lease] => (url, scenario, dir, lease.parse()?),
+        _ => {
+            return Err(
+                "usage: cascade-crash-child <database-url> <mid_task|retry_backoff> <dir> [lease-secs]"
+                    .into(),
+            );
+        }
     };
-    // A short lease, so that the test's engine takes the job over soon after the kill.
     let cascade = Cascade::builder()
         .database_url(url)
         .workers(2)
-        .lease_duration(std::time::Duration::from_secs(1))
+        .lease_duration(std::time::Duration::from_secs(lease))
         .build()
         .await?;
     let dag = match scenario.as_str() {
