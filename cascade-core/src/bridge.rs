@@ -101,19 +101,47 @@ async fn handle(cascade: &Cascade, notification: Notification) {
     match notification.channel.as_str() {
         READY_CHANNEL => inner.worker_wakeup.notify_one(),
         CANCEL_CHANNEL => {
-            if let Ok(job_id) = notification.payload.parse::<JobId>() {
-                // Workers stop the job's attempts; the job's scheduler, if it
-                // is this engine, cancels the job.
-                let _ = inner.worker_cancels.send(job_id);
-                if cascade.role() != Role::Worker {
-                    cascade.cancel_if_active(job_id).await;
+            let Ok(job_id) = notification.payload.parse::<JobId>() else {
+                return;
+            };
+            // A hint: only a cancel request stored in the job's row counts.
+            match cascade.raw_store().jobs_with_cancel_requests(&[job_id]).await {
+                Ok(requested) if requested.contains(&job_id) => {
+                    // Workers stop the job's attempts; the job's scheduler, if
+                    // it is this engine, cancels the job.
+                    let _ = inner.worker_cancels.send(job_id);
+                    if cascade.role() != Role::Worker {
+                        cascade.cancel_if_active(job_id).await;
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(job.id = %job_id, "cancel notification without a stored cancel request ignored")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, job.id = %job_id, "could not read a job's cancel request; workers check it at their next heartbeat")
                 }
             }
         }
+        // A hint: what the task's row says now is what counts, not the
+        // payload, which any role that can connect may send.
         DONE_CHANNEL => match serde_json::from_str::<RemoteTaskUpdate>(&notification.payload) {
-            Ok(update) => {
-                let _ = cascade.send_command(Command::Remote(update)).await;
-            }
+            Ok(hint) => match cascade
+                .raw_store()
+                .get_task_execution(hint.job_id, &hint.task_id)
+                .await
+            {
+                Ok(Some(row)) => {
+                    let _ = cascade
+                        .send_command(Command::Remote(RemoteTaskUpdate::from_row(row)))
+                        .await;
+                }
+                Ok(None) => {
+                    tracing::warn!(job.id = %hint.job_id, task.id = %hint.task_id, "task update notification for no such task ignored")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the task a notification names; the polling fallback finds its change")
+                }
+            },
             Err(error) => tracing::warn!(%error, "malformed task update notification ignored"),
         },
         JOBS_CHANNEL => {

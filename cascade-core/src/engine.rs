@@ -744,7 +744,12 @@ impl Cascade {
         let dag = self.dag_for_version(&current, job.dag_version).await?;
         let tasks = self.inner.store.list_task_executions_for_job(job.id).await?;
         tracing::info!(job.id = %job.id, previous_owner = ?job.owner, "resuming an unfinished job");
+        let (job_id, cancel_requested) = (job.id, job.cancel_requested_at.is_some());
         self.send(Command::Resume { job, dag, tasks }).await?;
+        if cancel_requested {
+            // Its cancel was requested while its previous owner ran it.
+            self.cancel_if_active(job_id).await;
+        }
         Ok(true)
     }
 
@@ -1026,6 +1031,16 @@ impl Cascade {
     /// [`Error::JobAlreadyFinished`] says so.
     #[tracing::instrument(skip(self), err)]
     pub async fn cancel_job(&self, job_id: JobId) -> Result<()> {
+        // The request is stored first: whichever node runs the job, a worker
+        // whose notifications are down included, finds it in the job's row.
+        self.inner
+            .store
+            .request_cancel(job_id)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => Error::JobNotFound { job_id },
+                _ => Error::Store(error),
+            })?;
         self.sync_before_cancel(job_id).await;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Cancel { job_id, reply }).await?;
@@ -1045,16 +1060,8 @@ impl Cascade {
             if matches!(row.status, TaskStatus::Pending) {
                 continue;
             }
-            let update = RemoteTaskUpdate {
-                job_id,
-                task_id: row.task_id,
-                token: row.fencing_token,
-                attempt: row.attempt,
-                status: row.status,
-                error: row.error,
-                next_attempt_at: row.next_attempt_at,
-            };
-            self.send(Command::Remote(update)).await?;
+            self.send(Command::Remote(RemoteTaskUpdate::from_row(row)))
+                .await?;
         }
         Ok(())
     }

@@ -37,7 +37,13 @@ pub enum JobEventKind {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TaskEventKind {
-    /// Ready, waiting for a free runner.
+    /// Ready, waiting for a runner.
+    ///
+    /// An all-in-one engine ([`Role::All`](crate::Role::All)) publishes it
+    /// only for a ready task that has to wait because every runner is busy;
+    /// a task that starts at once goes straight to [`Started`](Self::Started).
+    /// With [`Role::Scheduler`](crate::Role::Scheduler), every ready task is
+    /// queued in the store for the workers, so each attempt is `Queued` first.
     Queued,
     /// An attempt started.
     Started,
@@ -128,8 +134,8 @@ pub enum Event {
     Task(TaskEvent),
     /// A worker joined, left or was lost.
     Worker(WorkerEvent),
-    /// This subscriber fell behind and missed `missed` events; read the store
-    /// for the current state.
+    /// This subscriber fell behind and some events were dropped for it (how
+    /// many is in `missed`); read the store for the current state.
     Lagged {
         /// How many events were dropped for this subscriber.
         missed: u64,

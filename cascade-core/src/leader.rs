@@ -102,7 +102,7 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                     job_id: row.job_id,
                     task_id: row.task_id.clone(),
                     token: row.fencing_token,
-                    attempt: row.attempt,
+                    attempt,
                     status: row.status,
                     error: row.error.clone().filter(|_| row.status == TaskStatus::Failed),
                     next_attempt_at: None,

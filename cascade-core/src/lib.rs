@@ -16,7 +16,7 @@
 //! }
 //!
 //! async fn transform(ctx: TaskContext) -> TaskResult {
-//!     let rows = ctx.upstream("extract").and_then(|r| r["rows"].as_array().cloned())
+//!     let rows = ctx.upstream_result("extract")?.and_then(|r| r["rows"].as_array().cloned())
 //!         .ok_or_else(|| TaskError::fatal("extract produced no rows"))?;
 //!     Ok(json!({ "sum": rows.iter().filter_map(|v| v.as_i64()).sum::<i64>() }))
 //! }
@@ -33,8 +33,9 @@
 //! # #[tokio::main] async fn main() -> cascade_core::Result<()> {
 //! let cascade = Cascade::builder().build().await?;
 //! let dag = cascade.register_dag(etl_pipeline()).await?;
+//! // Subscribe before triggering, or the job's first events may be missed.
+//! let _events = cascade.subscribe(Topic::Dag(dag.id)); // a Stream of Event
 //! let job = cascade.trigger_job(dag.id, "manual", json!({ "environment": "dev" })).await?;
-//! let _events = cascade.subscribe(Topic::Job(job.id)); // a Stream of Event
 //! let job = cascade.wait_for_job(job.id).await?;
 //! assert_eq!(job.status, JobStatus::Success);
 //! let details = cascade.store().get_job_with_details(job.id).await?;
@@ -83,8 +84,8 @@ pub use limits::{DEFAULT_MAX_RESULT_BYTES, LimitViolation, MAX_JSON_DEPTH};
 pub use owner::{OrphanReason, OrphanedJob};
 pub use state::{JobState, TaskState};
 pub use task::{
-    BoxFuture, CallbackContext, CallbackEvent, CallbackResult, TaskContext, TaskError, TaskErrorKind,
-    TaskResult,
+    BoxFuture, CallbackContext, CallbackEvent, CallbackResult, ContextError, TaskContext, TaskError,
+    TaskErrorKind, TaskResult,
 };
 
 #[doc(hidden)]

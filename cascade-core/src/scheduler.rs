@@ -30,10 +30,10 @@ use crate::dag::{Callback, Dag, Handler};
 use crate::events::{Event, EventBus, JobEvent, JobEventKind, TaskEvent, TaskEventKind};
 use crate::limits::Limits;
 use crate::runner::{self, Attempt, Completion, Outcome};
-use crate::shell::{self, ShellSpec};
+use crate::shell;
 use crate::state::{JobState, RowCommit, StateManager, TaskState};
 use crate::task::{
-    BoxFuture, CallbackContext, CallbackEvent, TaskContext, TaskError, TaskErrorKind, TaskResult,
+    BoxFuture, CallbackContext, CallbackEvent, Lineage, TaskContext, TaskError, TaskErrorKind, TaskResult,
 };
 use crate::{JobId, JobStatus, TaskStatus};
 
@@ -68,17 +68,7 @@ impl RegisteredDag {
             .iter()
             .map(|t| match &t.kind {
                 TaskKind::Local { handler } => dag.handler(handler).cloned(),
-                TaskKind::Shell { command, env, cwd } => {
-                    let spec = ShellSpec {
-                        command: command.clone(),
-                        env: env.clone(),
-                        cwd: cwd.clone(),
-                    };
-                    let handler: Handler = Arc::new(move |ctx| -> BoxFuture<TaskResult> {
-                        Box::pin(shell::run(ctx, spec.clone()))
-                    });
-                    Some(handler)
-                }
+                TaskKind::Shell { .. } => shell::handler(&plan, t),
             })
             .collect();
         RegisteredDag {
@@ -179,6 +169,21 @@ pub(crate) struct RemoteTaskUpdate {
     pub(crate) next_attempt_at: Option<DateTime<Utc>>,
 }
 
+impl RemoteTaskUpdate {
+    /// What a committed task row says, for the scheduler to apply.
+    pub(crate) fn from_row(row: TaskExecution) -> Self {
+        RemoteTaskUpdate {
+            job_id: row.job_id,
+            task_id: row.task_id,
+            token: row.fencing_token,
+            attempt: row.attempt,
+            status: row.status,
+            error: row.error,
+            next_attempt_at: row.next_attempt_at,
+        }
+    }
+}
+
 /// The answer to a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CancelReply {
@@ -231,7 +236,7 @@ impl ActiveJobs {
 
 /// What a failed attempt leads to: a retry after the backoff (`up_for_retry`
 /// and when), or failure. `retry_base` is the attempt count before a re-run;
-/// `roll` is a uniform random number in [0, 1) for full jitter.
+/// `roll` is a uniform random number in [0, 1) for the jitter.
 pub(crate) fn retry_decision(
     plan_task: &cascade_ir::TaskPlan,
     error: &TaskError,
@@ -242,10 +247,7 @@ pub(crate) fn retry_decision(
 ) -> (TaskStatus, Option<DateTime<Utc>>) {
     let retry = plan_task.retry;
     if error.is_retryable() && attempt.saturating_sub(retry_base) <= retry.retries {
-        let mut delay = retry.backoff(attempt.saturating_sub(retry_base).max(1));
-        if retry.jitter {
-            delay = delay.mul_f64(roll);
-        }
+        let delay = retry.delay(attempt.saturating_sub(retry_base).max(1), roll);
         let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
         (TaskStatus::UpForRetry, Some(next))
     } else {
@@ -1635,7 +1637,12 @@ impl Scheduler {
             Arc::clone(&job.params),
             upstream,
             cancellation.clone(),
-        );
+        )
+        .with_lineage(Lineage {
+            plan: Arc::clone(&plan),
+            task: t,
+            store: self.state.store().clone(),
+        });
         let handler = job.dag.handler_at(t);
         let abort = runner::spawn(
             Attempt {

@@ -50,6 +50,7 @@ impl StateManager {
         StateManager { store }
     }
 
+    /// The store it commits to.
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }

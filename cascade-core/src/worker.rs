@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use cascade_ir::TaskKind;
 use cascade_store::{
     ClaimRequest, ClaimedTask, Notification, TaskAttempt, TaskChanges, TaskStatus, TaskTransition,
     TransitionBatch, WorkerInfo, WorkerRole,
@@ -27,8 +28,9 @@ use crate::engine::{Cascade, Inner};
 use crate::events::{Event, TaskEvent, TaskEventKind, WorkerEvent, WorkerEventKind};
 use crate::runner::{self, Attempt, Completion, Outcome};
 use crate::scheduler::{Command, RegisteredDag, RemoteTaskUpdate, retry_decision};
+use crate::shell;
 use crate::state::{RowCommit, StateManager};
-use crate::task::TaskContext;
+use crate::task::{Lineage, TaskContext};
 use crate::{DagId, JobId};
 
 /// A worker's settings.
@@ -204,6 +206,21 @@ pub(crate) async fn run_worker(
                 match beat {
                     Ok(_) => {
                         last_heartbeat = Instant::now();
+                        // Cancels are stored requests: found here even when
+                        // their notification never arrived.
+                        let mut jobs: Vec<JobId> = running.keys().map(|(job, _)| *job).collect();
+                        jobs.sort_unstable();
+                        jobs.dedup();
+                        match cascade.raw_store().jobs_with_cancel_requests(&jobs).await {
+                            Ok(cancelled) => {
+                                for job_id in cancelled {
+                                    if running.iter().any(|((job, _), r)| *job == job_id && !r.job_cancelled) {
+                                        let _ = cascade.inner().worker_cancels.send(job_id);
+                                    }
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "could not read cancel requests"),
+                        }
                         if !database_ok {
                             tracing::info!("database reachable again; claiming resumes");
                         }
@@ -401,7 +418,12 @@ async fn start(
         Arc::new(claimed.params),
         upstream,
         cancellation.clone(),
-    );
+    )
+    .with_lineage(Lineage {
+        plan: Arc::clone(&dag.plan),
+        task: t,
+        store: cascade.raw_store().clone(),
+    });
     let handler = dag.handler_at(t);
     let started_at = execution.started_at.unwrap_or_else(Utc::now);
     let abort = runner::spawn(
@@ -495,7 +517,11 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 None,
                 None,
             ),
-            Outcome::Success(value) => (TaskStatus::Success, Some(value), None, None, None),
+            Outcome::Success(value) => {
+                let output =
+                    matches!(plan_task.kind, TaskKind::Shell { .. }).then(|| shell::success_output(&value));
+                (TaskStatus::Success, Some(value), None, output, None)
+            }
             Outcome::Failed(error) => {
                 *rng ^= *rng << 13;
                 *rng ^= *rng >> 7;

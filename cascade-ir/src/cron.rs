@@ -216,11 +216,14 @@ fn parse_field(
         }
         let (range, step) = match part.split_once('/') {
             Some((range, step)) => {
+                // A step beyond the field's span could only ever match the
+                // first value: refuse it rather than guess what was meant.
+                let span = max - min + 1;
                 let step: u32 = step
                     .parse()
                     .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| err(format!("step `{step}` must be a positive number")))?;
+                    .filter(|s| (1..=span).contains(s))
+                    .ok_or_else(|| err(format!("step `{step}` must be a number from 1 to {span}")))?;
                 (range, step)
             }
             None => (part, 1),
@@ -238,11 +241,9 @@ fn parse_field(
             // `a/n` means from a to the end in steps of n.
             (a, if part.contains('/') { max } else { a })
         };
-        let mut v = lo;
-        while v <= hi {
-            bits |= 1 << v;
-            v += step;
-        }
+        bits |= (lo..=hi)
+            .step_by(step as usize)
+            .fold(0u64, |bits, v| bits | 1 << v);
     }
     Ok(bits)
 }
@@ -381,5 +382,70 @@ mod tests {
             Err(CronError::NeverFires)
         );
         assert!(CronSchedule::parse("0 0 31 4,5 *").is_ok());
+    }
+
+    #[test]
+    fn rejects_huge_steps_and_numbers() {
+        for (expression, field, reason) in [
+            (
+                "*/4294967295 * * * *",
+                "minute",
+                "step `4294967295` must be a number from 1 to 60",
+            ),
+            (
+                "5/4294967295 * * * *",
+                "minute",
+                "step `4294967295` must be a number from 1 to 60",
+            ),
+            (
+                "0-59/4294967295 * * * *",
+                "minute",
+                "step `4294967295` must be a number from 1 to 60",
+            ),
+            (
+                "* */4294967296 * * *",
+                "hour",
+                "step `4294967296` must be a number from 1 to 24",
+            ),
+            (
+                "* * */99999999999999999999 * *",
+                "day-of-month",
+                "step `99999999999999999999` must be a number from 1 to 31",
+            ),
+            ("* * * 1/13 *", "month", "step `13` must be a number from 1 to 12"),
+            (
+                "* * * * */-1",
+                "day-of-week",
+                "step `-1` must be a number from 1 to 8",
+            ),
+            ("4294967295 * * * *", "minute", "4294967295 is out of range 0-59"),
+            (
+                "99999999999 * * * *",
+                "minute",
+                "`99999999999` is not a number from 0 to 59",
+            ),
+            ("* 1-4294967295 * * *", "hour", "4294967295 is out of range 0-23"),
+            (
+                "*/4294967295 * * * * *",
+                "second",
+                "step `4294967295` must be a number from 1 to 60",
+            ),
+        ] {
+            match CronSchedule::parse(expression) {
+                Err(CronError::Field {
+                    field: got,
+                    reason: why,
+                    ..
+                }) => {
+                    assert_eq!((got, why.as_str()), (field, reason), "{expression}");
+                }
+                other => panic!("{expression}: {other:?}"),
+            }
+        }
+        // The largest steps still work: they fire at the first value only.
+        let once_an_hour = CronSchedule::parse("*/60 * * * *").expect("valid");
+        assert_eq!(once_an_hour.next_after(0), Some(3600));
+        let every_59 = CronSchedule::parse("*/59 * * * *").expect("valid");
+        assert_eq!(every_59.next_after(0), Some(59 * 60));
     }
 }

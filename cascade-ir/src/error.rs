@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::template::TemplateError;
+
 /// Where in a DAG definition a problem is: the task (by declaration index),
 /// the key, and for list values the position in the list.
 ///
@@ -199,6 +201,18 @@ pub enum ValidationError {
         /// Where.
         location: Location,
     },
+    /// A shell task's `env` value with an invalid `${...}` reference.
+    #[error("task `{task}`: env `{variable}`: {error}")]
+    InvalidEnvReference {
+        /// The task.
+        task: String,
+        /// The environment variable whose value holds the reference.
+        variable: String,
+        /// What is wrong with the reference.
+        error: TemplateError,
+        /// The task's `env`.
+        location: Location,
+    },
     /// A queue or callback name that is empty or blank.
     #[error("{}`{key}` must not be empty", task_prefix(task))]
     Empty {
@@ -260,6 +274,7 @@ impl ValidationError {
             | MissingHandler { location, .. }
             | MissingCommand { location, .. }
             | KeyNotAllowed { location, .. }
+            | InvalidEnvReference { location, .. }
             | Empty { location, .. } => *location,
         }
     }

@@ -31,11 +31,13 @@ mod cron;
 mod error;
 mod model;
 mod sha256;
+mod template;
 mod validate;
 
 pub use cron::{CronError, CronSchedule};
 pub use error::{IrError, Location, ValidationError, ValidationErrors};
 pub use model::{DagIr, IR_VERSION, TaskDefaults, TaskIr};
+pub use template::{EnvTemplate, RenderError, TemplateError};
 pub use validate::{
     DEFAULT_QUEUE, DEFAULT_RETRY_FACTOR, DEFAULT_RETRY_MAX_DELAY_SECS, MAX_RETRIES, MAX_RETRY_DELAY_SECS,
     MAX_RETRY_MAX_DELAY_SECS, MAX_TIMEOUT_SECS, RetryPolicy, TaskKind, TaskPlan, TriggerRule,

@@ -71,7 +71,7 @@ pub struct TaskDefaults {
     /// Default cap on the retry delay in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_delay: Option<i64>,
-    /// Default for full jitter on retry delays.
+    /// Default for jitter on retry delays (equal jitter: `[delay / 2, delay]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_jitter: Option<bool>,
     /// Default trigger rule.
@@ -104,12 +104,20 @@ pub struct TaskIr {
     /// A shell task's command line, run by `/bin/sh -c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Extra environment variables for a shell task.
+    /// Extra environment variables for a shell task. A value may refer to
+    /// the job's parameters and to the results of direct dependencies with
+    /// `${params.<field>}` and `${upstream.<task>.<field>}` (see
+    /// [`EnvTemplate`](crate::EnvTemplate)).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The working directory of a shell task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Whether a shell task starts from a clean environment (only `PATH`,
+    /// `HOME` and similar basics, its `env` and Cascade's own variables)
+    /// instead of the engine's environment without its secrets; off by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clean_env: bool,
     /// Ids of the tasks this one runs after.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -128,7 +136,7 @@ pub struct TaskIr {
     /// Cap on the retry delay in seconds, at least `retry_delay`, at most 604,800.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_delay: Option<i64>,
-    /// Full jitter on retry delays.
+    /// Jitter on retry delays (equal jitter: the wait is uniform in `[delay / 2, delay]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_jitter: Option<bool>,
     /// When the task may run given its dependencies' outcomes.

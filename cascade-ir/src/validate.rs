@@ -2,7 +2,7 @@
 //! IR that arrives as JSON. Linear in tasks + edges.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::cron::CronSchedule;
 use crate::error::{IrError, Location, ValidationError, ValidationErrors};
 use crate::model::{DagIr, IR_VERSION, TaskIr};
 use crate::sha256;
+use crate::template::EnvTemplate;
 
 /// Largest accepted timeout: 30 days.
 pub const MAX_TIMEOUT_SECS: i64 = 30 * 24 * 3600;
@@ -93,7 +94,25 @@ impl FromStr for TriggerRule {
 }
 
 /// How a failed task is retried: exponential backoff with a cap and optional
-/// full jitter.
+/// jitter.
+///
+/// ```
+/// use std::time::Duration;
+/// use cascade_ir::RetryPolicy;
+///
+/// let policy = RetryPolicy {
+///     retries: 5,
+///     initial_delay: Duration::from_secs(10),
+///     factor: 2.0,
+///     max_delay: Duration::from_secs(60),
+///     jitter: true,
+/// };
+/// assert_eq!(policy.backoff(1), Duration::from_secs(10));
+/// assert_eq!(policy.backoff(4), Duration::from_secs(60)); // 80 s, capped
+/// // Equal jitter: somewhere in the upper half of the backoff.
+/// assert_eq!(policy.delay(1, 0.0), Duration::from_secs(5));
+/// assert!(policy.delay(1, 0.999) <= Duration::from_secs(10));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt; a task runs at most `retries + 1` times.
@@ -104,7 +123,9 @@ pub struct RetryPolicy {
     pub factor: f64,
     /// No delay is longer than this.
     pub max_delay: Duration,
-    /// Full jitter: the actual delay is uniform in `[0, delay]`.
+    /// Equal jitter: the actual delay is uniform in `[delay / 2, delay]`, so
+    /// retries of many tasks that failed together spread out, yet none comes
+    /// sooner than half the configured delay.
     pub jitter: bool,
 }
 
@@ -115,6 +136,23 @@ impl RetryPolicy {
         let secs = self.initial_delay.as_secs_f64() * self.factor.powi(exponent);
         let capped = secs.min(self.max_delay.as_secs_f64());
         Duration::from_secs_f64(capped.max(0.0))
+    }
+
+    /// The delay before retry number `retry` (1-based): the
+    /// [`backoff`](Self::backoff) `d`, and with jitter `d / 2 + roll × d / 2`,
+    /// where `roll` is a uniform random number in `[0, 1)` (clamped to it).
+    pub fn delay(&self, retry: u32, roll: f64) -> Duration {
+        let backoff = self.backoff(retry);
+        if !self.jitter {
+            return backoff;
+        }
+        let roll = if roll.is_finite() {
+            roll.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let half = backoff / 2;
+        half + (backoff - half).mul_f64(roll)
     }
 }
 
@@ -130,10 +168,13 @@ pub enum TaskKind {
     Shell {
         /// The command line.
         command: String,
-        /// Extra environment variables.
+        /// Extra environment variables; values may hold `${...}` references
+        /// (checked by the validator, see [`EnvTemplate`](crate::EnvTemplate)).
         env: BTreeMap<String, String>,
         /// The working directory.
         cwd: Option<String>,
+        /// Start from a clean environment rather than the engine's.
+        clean_env: bool,
     },
 }
 
@@ -319,8 +360,9 @@ pub fn validate(ir: DagIr) -> Result<ValidDag, ValidationErrors> {
     }
 
     let mut tasks = Vec::with_capacity(ir.tasks.len());
+    let mut listed_by = vec![usize::MAX; ir.tasks.len()];
     for (i, task) in ir.tasks.iter().enumerate() {
-        tasks.push(plan_task(&ir, i, task, &index, &mut errors));
+        tasks.push(plan_task(&ir, i, task, &index, &mut listed_by, &mut errors));
     }
     for i in 0..tasks.len() {
         for d in 0..tasks[i].dependencies.len() {
@@ -513,11 +555,17 @@ fn check_factor(
     }
 }
 
+/// Checks one task and resolves its defaults and dependencies.
+///
+/// `listed_by[j] == i` once task `i` has listed task `j` as a dependency:
+/// one vector shared by all tasks makes the duplicate check O(1) per edge
+/// without a set per task.
 fn plan_task(
     ir: &DagIr,
     i: usize,
     task: &TaskIr,
     index: &HashMap<String, usize>,
+    listed_by: &mut [usize],
     errors: &mut Vec<ValidationError>,
 ) -> TaskPlan {
     let d = &ir.defaults;
@@ -528,6 +576,7 @@ fn plan_task(
                 ("command", task.command.is_some()),
                 ("env", !task.env.is_empty()),
                 ("cwd", task.cwd.is_some()),
+                ("clean_env", task.clean_env),
             ] {
                 if present {
                     errors.push(ValidationError::KeyNotAllowed {
@@ -572,10 +621,22 @@ fn plan_task(
                     String::new()
                 }
             };
+            let dependencies: Vec<&str> = task.depends_on.iter().map(String::as_str).collect();
+            for (variable, value) in &task.env {
+                if let Err(error) = EnvTemplate::parse(value, &dependencies) {
+                    errors.push(ValidationError::InvalidEnvReference {
+                        task: id.to_owned(),
+                        variable: variable.clone(),
+                        error,
+                        location: Location::task(i, "env"),
+                    });
+                }
+            }
             TaskKind::Shell {
                 command,
                 env: task.env.clone(),
                 cwd: task.cwd.clone(),
+                clean_env: task.clean_env,
             }
         }
         other => {
@@ -692,8 +753,9 @@ fn plan_task(
         Some(i),
         errors,
     );
-    for (position, label) in task.labels.iter().enumerate() {
-        if label.trim().is_empty() || task.labels[..position].contains(label) {
+    let mut seen_labels = HashSet::with_capacity(task.labels.len());
+    for label in &task.labels {
+        if label.trim().is_empty() || !seen_labels.insert(label.as_str()) {
             errors.push(ValidationError::InvalidValue {
                 task: Some(id.to_owned()),
                 key: "labels",
@@ -730,18 +792,14 @@ fn plan_task(
                 task: id.to_owned(),
                 location,
             }),
+            Some(&j) if listed_by[j] == i => errors.push(ValidationError::DuplicateDependency {
+                task: id.to_owned(),
+                dependency: dep.clone(),
+                location,
+            }),
             Some(&j) => {
-                // Dependency lists are short; a linear duplicate check keeps the
-                // whole validation linear in practice without another map.
-                if task.depends_on[..position].contains(dep) {
-                    errors.push(ValidationError::DuplicateDependency {
-                        task: id.to_owned(),
-                        dependency: dep.clone(),
-                        location,
-                    });
-                } else {
-                    dependencies.push(j);
-                }
+                listed_by[j] = i;
+                dependencies.push(j);
             }
         }
     }
@@ -873,11 +931,23 @@ fn normalize(ir: DagIr, tasks: &[TaskPlan], order: &[usize]) -> DagIr {
         .into_iter()
         .zip(tasks)
         .map(|(task, plan)| {
-            let (kind, handler, command, env, cwd) = match &plan.kind {
-                TaskKind::Local { handler } => ("local", Some(handler.clone()), None, BTreeMap::new(), None),
-                TaskKind::Shell { command, env, cwd } => {
-                    ("shell", None, Some(command.clone()), env.clone(), cwd.clone())
+            let (kind, handler, command, env, cwd, clean_env) = match &plan.kind {
+                TaskKind::Local { handler } => {
+                    ("local", Some(handler.clone()), None, BTreeMap::new(), None, false)
                 }
+                TaskKind::Shell {
+                    command,
+                    env,
+                    cwd,
+                    clean_env,
+                } => (
+                    "shell",
+                    None,
+                    Some(command.clone()),
+                    env.clone(),
+                    cwd.clone(),
+                    *clean_env,
+                ),
             };
             TaskIr {
                 id: task.id,
@@ -886,6 +956,7 @@ fn normalize(ir: DagIr, tasks: &[TaskPlan], order: &[usize]) -> DagIr {
                 command,
                 env,
                 cwd,
+                clean_env,
                 depends_on: task.depends_on,
                 timeout: plan.timeout.map(|t| t.as_secs() as i64),
                 retries: Some(i64::from(plan.retry.retries)),

@@ -158,6 +158,19 @@ fn bad_and_never_firing_cron() {
         ("* * *", "found 3 field(s)"),
         ("0 0 30 2 *", "never fires"),
         ("0 0 31 4,6,9,11 *", "never fires"),
+        (
+            "*/4294967295 * * * *",
+            "invalid cron schedule `*/4294967295 * * * *`: minute field `*/4294967295`: \
+             step `4294967295` must be a number from 1 to 60",
+        ),
+        (
+            "7/4294967295 * * * *",
+            "step `4294967295` must be a number from 1 to 60",
+        ),
+        (
+            "0 0 1/18446744073709551616 * *",
+            "day-of-month field `1/18446744073709551616`: step `18446744073709551616` must be a number from 1 to 31",
+        ),
     ] {
         let errors = errors(&with_schedule(schedule));
         assert!(matches!(errors[0], ValidationError::InvalidCron { .. }));
@@ -290,4 +303,141 @@ fn mismatched_hash_or_order_is_rejected() {
         errors.iter().any(|e| matches!(e, ValidationError::OrderMismatch)),
         "{errors:?}"
     );
+}
+
+/// A wide fan-in: one task depending on many, with repeats far apart.
+#[test]
+fn repeated_dependencies_in_a_wide_fan_in() {
+    let n = 20_000;
+    let mut tasks: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"id": "t{i}", "handler": "h"}}"#))
+        .collect();
+    let mut deps: Vec<String> = (0..n).map(|i| format!(r#""t{i}""#)).collect();
+    // Repeats of the first and of the last dependency, at the end.
+    deps.push(r#""t0""#.to_owned());
+    deps.push(format!(r#""t{}""#, n - 1));
+    tasks.push(format!(
+        r#"{{"id": "sink", "handler": "h", "depends_on": [{}]}}"#,
+        deps.join(",")
+    ));
+    let errors = errors(&dag_with_tasks(&tasks.join(",")));
+    let repeated: Vec<(String, Option<usize>)> = errors
+        .iter()
+        .map(|error| match error {
+            ValidationError::DuplicateDependency { task, dependency, .. } => {
+                assert_eq!(task, "sink");
+                (dependency.clone(), error.location().position)
+            }
+            other => panic!("unexpected error {other}"),
+        })
+        .collect();
+    assert_eq!(
+        repeated,
+        [("t0".to_owned(), Some(n)), (format!("t{}", n - 1), Some(n + 1))]
+    );
+
+    // Without the repeats the fan-in is valid, in declaration order.
+    deps.truncate(n);
+    tasks.pop();
+    tasks.push(format!(
+        r#"{{"id": "sink", "handler": "h", "depends_on": [{}]}}"#,
+        deps.join(",")
+    ));
+    let dag = valid(&dag_with_tasks(&tasks.join(",")));
+    let sink = &dag.tasks()[n];
+    assert_eq!(sink.dependencies, (0..n).collect::<Vec<_>>());
+    assert_eq!(dag.tasks()[0].dependents, [n]);
+}
+
+#[test]
+fn repeated_and_empty_labels() {
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "a", "handler": "h", "labels": ["gpu", "ssd", "gpu", " ", "ssd"]}"#,
+    ));
+    let values: Vec<String> = errors
+        .iter()
+        .map(|error| match error {
+            ValidationError::InvalidValue {
+                key: "labels", value, ..
+            } => value.clone(),
+            other => panic!("unexpected error {other}"),
+        })
+        .collect();
+    assert_eq!(values, [r#""gpu""#, r#"" ""#, r#""ssd""#]);
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "a", "handler": "h", "labels": ["gpu", "ssd"]}"#,
+    ));
+    assert_eq!(dag.tasks()[0].labels, ["gpu", "ssd"]);
+}
+
+#[test]
+fn shell_env_references_are_checked_against_direct_dependencies() {
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "extract", "handler": "h"},
+           {"id": "transform", "handler": "h", "depends_on": ["extract"]},
+           {"id": "load", "type": "shell", "command": "echo \"$N\"", "depends_on": ["transform"],
+            "env": {"N": "${upstream.extract.count}", "R": "${param.region}", "S": "${params.region", "OK": "${params.a}-${upstream.transform}"}}"#,
+    ));
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "task `load`: env `N`: `${upstream.extract.count}`: `extract` is not a direct dependency of this task (its dependencies: `transform`)",
+            "task `load`: env `R`: `${param.region}`: unknown root `param`: expected `params` or `upstream` (write `$${` for a literal `${`)",
+            "task `load`: env `S`: `${` at byte 0 is not closed by `}` (write `$${` for a literal `${`)",
+        ]
+    );
+    assert!(errors.iter().all(|e| matches!(
+        e,
+        ValidationError::InvalidEnvReference { task, .. } if task == "load"
+    )));
+    assert_eq!(
+        (errors[0].location().task, errors[0].location().key),
+        (Some(2), "env")
+    );
+}
+
+#[test]
+fn clean_env_is_a_shell_key_kept_in_the_normalized_ir() {
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "s", "type": "shell", "command": "env", "clean_env": true}, {"id": "t", "type": "shell", "command": "env"}"#,
+    ));
+    assert!(matches!(
+        &dag.tasks()[0].kind,
+        cascade_ir::TaskKind::Shell { clean_env: true, .. }
+    ));
+    assert!(dag.ir_json().contains(r#""clean_env":true"#));
+    // Off is the default and is not written, so existing DAGs keep their hash.
+    assert_eq!(dag.ir_json().matches("clean_env").count(), 1);
+    let errors = errors(&dag_with_tasks(
+        r#"{"id": "l", "handler": "h", "clean_env": true}"#,
+    ));
+    assert_eq!(
+        errors[0].to_string(),
+        "task `l`: `clean_env` is not allowed on a local task"
+    );
+}
+
+#[test]
+fn equal_jitter_keeps_retries_in_the_upper_half_of_the_backoff() {
+    let dag = valid(&dag_with_tasks(
+        r#"{"id": "t", "handler": "h", "retries": 5, "retry_delay": 10, "retry_max_delay": 30},
+           {"id": "u", "handler": "h", "retries": 5, "retry_delay": 10, "retry_jitter": false}"#,
+    ));
+    let jittered = dag.tasks()[0].retry;
+    for retry in 1..=5 {
+        let backoff = jittered.backoff(retry);
+        for step in 0..100 {
+            let delay = jittered.delay(retry, f64::from(step) / 100.0);
+            assert!(
+                delay >= backoff / 2 && delay <= backoff,
+                "retry {retry}: {delay:?} outside [{:?}, {backoff:?}]",
+                backoff / 2
+            );
+        }
+    }
+    assert_eq!(jittered.delay(3, 0.0), std::time::Duration::from_secs(15));
+    assert_eq!(jittered.delay(1, f64::NAN), std::time::Duration::from_secs(5));
+    let plain = dag.tasks()[1].retry;
+    assert_eq!(plain.delay(2, 0.0), std::time::Duration::from_secs(20));
 }

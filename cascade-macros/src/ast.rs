@@ -27,6 +27,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(command);
     syn::custom_keyword!(env);
     syn::custom_keyword!(cwd);
+    syn::custom_keyword!(clean_env);
     syn::custom_keyword!(depends_on);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(retries);
@@ -210,6 +211,8 @@ fn parse_settings(
             Some(TaskKey::Env)
         } else if task_only && lookahead.peek(kw::cwd) {
             Some(TaskKey::Cwd)
+        } else if task_only && lookahead.peek(kw::clean_env) {
+            Some(TaskKey::CleanEnv)
         } else if task_only && lookahead.peek(kw::depends_on) {
             Some(TaskKey::DependsOn)
         } else if lookahead.peek(kw::timeout) {
@@ -271,6 +274,7 @@ pub(crate) enum TaskKey {
     Command,
     Env,
     Cwd,
+    CleanEnv,
     DependsOn,
     Timeout,
     Retries,
@@ -296,6 +300,7 @@ impl TaskKey {
             (TaskKey::Command, _) => "command",
             (TaskKey::Env, _) => "env",
             (TaskKey::Cwd, _) => "cwd",
+            (TaskKey::CleanEnv, _) => "clean_env",
             (TaskKey::DependsOn, _) => "depends_on",
             (TaskKey::Timeout, false) => "timeout",
             (TaskKey::Timeout, true) => "defaults.timeout",
@@ -328,7 +333,7 @@ fn parse_task_value(
     errors: &mut Vec<syn::Error>,
 ) -> syn::Result<TaskValue> {
     Ok(match key {
-        TaskKey::Run => TaskValue::Run(parse_fn_path(input, "a path to an async fn: `run: my_handler`")?),
+        TaskKey::Run => TaskValue::Run(parse_fn_path(input, "a path to an async fn: `run: my_handler`", RUN_HELP)?),
         TaskKey::Type => TaskValue::Type(
             input
                 .call(Ident::parse_any)
@@ -383,7 +388,7 @@ fn parse_task_value(
             TaskValue::Labels(labels)
         }
         TaskKey::RetryFactor => TaskValue::Float(parse_float(input, errors)?),
-        TaskKey::RetryJitter => TaskValue::Bool(input.parse()?),
+        TaskKey::RetryJitter | TaskKey::CleanEnv => TaskValue::Bool(input.parse()?),
         TaskKey::TriggerRule => TaskValue::TriggerRule(input.call(Ident::parse_any).map_err(|e| {
             syn::Error::new(
                 e.span(),
@@ -394,17 +399,40 @@ fn parse_task_value(
         TaskKey::OnFailure | TaskKey::OnSuccess | TaskKey::OnRetry => TaskValue::Callback(parse_fn_path(
             input,
             "a path to an async fn taking a CallbackContext: `on_failure: alert_team`",
+            CALLBACK_HELP,
         )?),
     })
 }
 
-fn parse_fn_path(input: ParseStream<'_>, expected: &str) -> syn::Result<Path> {
+/// How to adapt what is not a path to an `async fn(TaskContext) -> TaskResult`.
+const RUN_HELP: &str = "\n\
+    help: to run a closure, or a fn with another signature, wrap it in an async fn and name that fn:\n\
+    \x20   async fn my_handler(ctx: TaskContext) -> TaskResult {\n\
+    \x20       other_fn(ctx, 10).await\n\
+    \x20   }";
+
+/// How to adapt what is not a path to an `async fn(CallbackContext) -> CallbackResult`.
+const CALLBACK_HELP: &str = "\n\
+    help: to use a closure, or a fn with another signature, wrap it in an async fn and name that fn:\n\
+    \x20   async fn alert_team(ctx: CallbackContext) -> CallbackResult {\n\
+    \x20       other_fn(ctx, \"#ops\").await\n\
+    \x20   }";
+
+/// A path to an async fn; anything else (a string, a closure, a call) is an
+/// error saying what is expected and how to adapt what was written.
+fn parse_fn_path(input: ParseStream<'_>, expected: &str, help: &str) -> syn::Result<Path> {
     if input.peek(LitStr) {
         return Err(input.error(format!("expected {expected}, not a string")));
     }
-    input
+    let path = input
         .call(Path::parse_mod_style)
-        .map_err(|e| syn::Error::new(e.span(), format!("expected {expected}")))
+        .map_err(|e| syn::Error::new(e.span(), format!("expected {expected}{help}")))?;
+    // A call or a method chain (`make_handler()`, `h.clone()`) starts with a
+    // path; what follows it must end the value.
+    if !input.is_empty() && !input.peek(Token![,]) {
+        return Err(input.error(format!("expected {expected}, not an expression{help}")));
+    }
+    Ok(path)
 }
 
 /// An integer literal with an optional `-`. Out-of-range values are the
@@ -542,6 +570,7 @@ const TASK_KEYS: &[&str] = &[
     "command",
     "env",
     "cwd",
+    "clean_env",
     "depends_on",
     "timeout",
     "retries",
@@ -667,7 +696,7 @@ mod tests {
                 /// task docs
                 t: { run: f, type: local, depends_on: [], timeout: -1, retry_factor: 1.5,
                      on_failure: a, on_success: a, on_retry: a },
-                s: { type: shell, command: "x", env: { "A": "1", }, cwd: "/", },
+                s: { type: shell, command: "x", env: { "A": "${params.a}", }, cwd: "/", clean_env: true, },
             },
         };
         assert!(def.errors.is_empty());

@@ -59,6 +59,8 @@ struct TaskTokens {
     id: TokenStream,
     keys: HashMap<&'static str, KeyTokens>,
     dependencies: Vec<TokenStream>,
+    /// Each `env` value's tokens, by variable name.
+    env_values: HashMap<String, TokenStream>,
 }
 
 /// Where each part of the definition was written.
@@ -73,7 +75,8 @@ impl SourceMap {
     /// The tokens to point at for a validator location. Keys are the IR's;
     /// a key the user did not write (a value taken from `defaults`) falls back
     /// to the task id, and a DAG-level one to the name.
-    fn tokens(&self, location: Location, want_key: bool) -> &TokenStream {
+    /// For a task's `env`, `env_variable` picks the value of that variable.
+    fn tokens(&self, location: Location, want_key: bool, env_variable: Option<&str>) -> &TokenStream {
         match location.task.and_then(|i| self.tasks.get(i)) {
             Some(task) => {
                 if location.key == "depends_on"
@@ -83,6 +86,9 @@ impl SourceMap {
                 }
                 if location.key == "id" {
                     return &task.id;
+                }
+                if let Some(value) = env_variable.and_then(|v| task.env_values.get(v)) {
+                    return value;
                 }
                 task.keys.get(location.key).map_or(&task.id, |k| k.pick(want_key))
             }
@@ -188,6 +194,12 @@ pub(crate) fn check(def: DagDef) -> syn::Result<Checked> {
                     }
                     for setting in task.settings {
                         let (task_key, value) = setting.value;
+                        if let TaskValue::Env(env) = &value {
+                            tokens.env_values = env
+                                .iter()
+                                .map(|(name, value)| (name.value(), value.to_token_stream()))
+                                .collect();
+                        }
                         let (ir_key, dependencies) =
                             apply_task(&mut task_ir, task_key, value, &mut handlers, &mut callbacks);
                         if let Some(dependencies) = dependencies {
@@ -242,7 +254,11 @@ pub(crate) fn check(def: DagDef) -> syn::Result<Checked> {
                     continue;
                 }
                 let want_key = matches!(error, ValidationError::KeyNotAllowed { .. });
-                let tokens = map.tokens(error.location(), want_key);
+                let env_variable = match error {
+                    ValidationError::InvalidEnvReference { variable, .. } => Some(variable.as_str()),
+                    _ => None,
+                };
+                let tokens = map.tokens(error.location(), want_key, env_variable);
                 let hint = match error {
                     ValidationError::UnknownDependency { dependency, .. } => {
                         did_you_mean(dependency, task_ids.iter().map(String::as_str))
@@ -336,6 +352,7 @@ fn apply_task(
                 .collect();
         }
         (TaskKey::Cwd, TaskValue::Cwd(cwd)) => task.cwd = Some(cwd.value()),
+        (TaskKey::CleanEnv, TaskValue::Bool(flag)) => task.clean_env = flag.value,
         (TaskKey::DependsOn, TaskValue::DependsOn(dependencies)) => {
             task.depends_on = dependencies.iter().map(UnrawString::unraw_string).collect();
             dependency_tokens = Some(dependencies.iter().map(ToTokens::to_token_stream).collect());

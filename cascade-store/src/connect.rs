@@ -141,26 +141,37 @@ where
     }
 }
 
+/// The session settings of every PostgreSQL connection of a store.
+pub(crate) fn pg_session_setup(options: &StoreOptions) -> String {
+    format!(
+        "SET search_path TO cascade; SET statement_timeout = {}",
+        options.statement_timeout.as_millis()
+    )
+}
+
 pub(crate) fn pg_pool(url: &str, options: &StoreOptions) -> Result<Pool<AsyncPgConnection>> {
     let connect_timeout = options.connect_timeout;
+    let setup = Arc::new(pg_session_setup(options));
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     // A checkout costs no round trip; a dead connection is detected by
     // `is_broken` on return and dropped from the pool.
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let setup = Arc::clone(&setup);
         async move {
-            let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                .await
-                .map_err(|_| {
-                    diesel::ConnectionError::BadConnection(format!(
-                        "connecting timed out after {connect_timeout:?}"
-                    ))
-                })??;
-            conn.batch_execute("SET search_path TO cascade")
-                .await
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
+            let connected = tokio::time::timeout(connect_timeout, async {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            });
+            connected.await.map_err(|_| {
+                diesel::ConnectionError::BadConnection(format!(
+                    "connecting timed out after {connect_timeout:?}"
+                ))
+            })?
         }
         .boxed()
     });
@@ -186,9 +197,11 @@ pub(crate) async fn pg_migrate(
 ) -> Result<()> {
     let mut conn = Object::take(checkout(pool, url, options).await?);
     // The schema must exist before diesel creates its bookkeeping table in it.
+    // Migrations may rewrite large tables: no statement timeout (the
+    // connection is taken out of the pool and closed afterwards).
     conn.batch_execute(&format!(
-        "SELECT pg_advisory_lock({PG_MIGRATION_LOCK}); CREATE SCHEMA IF NOT EXISTS cascade; \
-         SET search_path TO cascade"
+        "SET statement_timeout = 0; SELECT pg_advisory_lock({PG_MIGRATION_LOCK}); \
+         CREATE SCHEMA IF NOT EXISTS cascade; SET search_path TO cascade"
     ))
     .await
     .map_err(|source| StoreError::Migration {
@@ -273,15 +286,29 @@ pub(crate) fn sqlite_pools(setup: &SqliteSetup, options: &StoreOptions) -> Resul
     })
 }
 
-/// Creates the file's directory if needed; errors become [`StoreError::SqliteOpen`].
+/// Creates the file's directory if needed, and the file itself, readable and
+/// writable by its owner only (`0600`), if it does not exist yet: SQLite
+/// would create it with the umask's permissions (usually world-readable),
+/// and its `-wal` and `-shm` files take the permissions of the database
+/// file. An existing file is left as it is. Errors become
+/// [`StoreError::SqliteOpen`].
 pub(crate) fn prepare_sqlite_path(path: &Path) -> Result<()> {
+    let failed = |source: std::io::Error| StoreError::SqliteOpen {
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| StoreError::SqliteOpen {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        std::fs::create_dir_all(parent).map_err(failed)?;
     }
-    Ok(())
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(failed(error)),
+    }
 }
 
 /// Opens the writer connection and migrates through it (an in-memory

@@ -260,7 +260,15 @@ impl Store {
             attempts: 1,
             source,
         };
-        match tokio::time::timeout(timeout, AsyncPgConnection::establish(&self.inner.raw_url)).await {
+        let setup = crate::connect::pg_session_setup(&self.inner.options);
+        let connect = async {
+            let mut conn = AsyncPgConnection::establish(&self.inner.raw_url).await?;
+            conn.batch_execute(&setup)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok::<_, diesel::ConnectionError>(conn)
+        };
+        match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(error)) => Err(unavailable(Box::new(error))),
             Err(_) => Err(unavailable(
@@ -323,7 +331,7 @@ impl Store {
                 .get_result(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("register_worker"))?;
+        .map_err(|e| e.during("register_worker"))?;
         debug!("worker registered");
         row.try_into()
     }
@@ -422,7 +430,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("deregister_worker"))?;
+        .map_err(|e| e.during("deregister_worker"))?;
         if n == 0 {
             return Err(StoreError::WorkerNotFound {
                 worker_id: worker_id.to_owned(),
@@ -441,7 +449,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_workers"))?;
+        .map_err(|e| e.during("list_workers"))?;
         rows.into_iter().map(WorkerRecord::try_from).collect()
     }
 
@@ -461,7 +469,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("mark_lost_workers"))?;
+        .map_err(|e| e.during("mark_lost_workers"))?;
         if !rows.is_empty() {
             warn!(n = rows.len(), "workers stopped heartbeating and are marked lost");
         }
@@ -531,12 +539,13 @@ impl Store {
             .bind::<Text, _>(&request.worker)
             .bind::<Timestamp, _>(naive(request.lease_until))
             .bind::<Array<Text>, _>(&request.labels);
-        let mut conn = self.checkout_pg(pool).await?;
-        let rows: Vec<ClaimedRow> = query
-            .load(&mut *conn)
+        let rows: Vec<ClaimedRow> = self
+            .bounded(1, async {
+                let mut conn = self.checkout_pg(pool).await?;
+                Ok(query.load(&mut *conn).await?)
+            })
             .await
-            .map_err(|e| StoreError::from(e).during("claim_tasks"))?;
-        drop(conn);
+            .map_err(|e| e.during("claim_tasks"))?;
         if !rows.is_empty() {
             debug!(n = rows.len(), "tasks claimed");
         }
@@ -575,7 +584,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("upstream_results"))?;
+        .map_err(|e| e.during("upstream_results"))?;
         Ok(rows
             .into_iter()
             .map(|(task_id, result)| (task_id, result.map(|json| json.0)))
@@ -659,12 +668,13 @@ impl Store {
             .bind::<Timestamp, _>(naive(now))
             .bind::<BigInt, _>(limit)
             .bind::<Integer, _>(i32::try_from(max_lost).unwrap_or(i32::MAX));
-        let mut conn = self.checkout_pg(pool).await?;
-        let rows: Vec<TaskRow> = query
-            .load(&mut *conn)
+        let rows: Vec<TaskRow> = self
+            .bounded(1, async {
+                let mut conn = self.checkout_pg(pool).await?;
+                Ok(query.load(&mut *conn).await?)
+            })
             .await
-            .map_err(|e| StoreError::from(e).during("reap_expired_tasks"))?;
-        drop(conn);
+            .map_err(|e| e.during("reap_expired_tasks"))?;
         if !rows.is_empty() {
             let failed = rows.iter().filter(|r| r.status == "failed").count();
             warn!(n = rows.len(), failed, "tasks with lapsed leases reaped");
@@ -684,7 +694,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_running_tasks_of_worker"))?;
+        .map_err(|e| e.during("list_running_tasks_of_worker"))?;
         rows.into_iter().map(TaskExecution::try_from).collect()
     }
 
@@ -701,14 +711,17 @@ impl Store {
         let Pools::Pg(pool) = &self.inner.pools else {
             return Err(self.unsupported("notify"));
         };
-        let mut conn = self.checkout_pg(pool).await?;
-        diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(channel)
-            .bind::<Text, _>(payload)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| StoreError::from(e).during("notify"))?;
-        Ok(())
+        self.bounded(1, async {
+            let mut conn = self.checkout_pg(pool).await?;
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(channel)
+                .bind::<Text, _>(payload)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.during("notify"))
     }
 
     /// Listens on `channels` and streams the notifications sent to them.
@@ -744,16 +757,20 @@ impl Store {
         if self.backend() != Backend::Postgres {
             return Err(self.unsupported("listen"));
         }
-        let mut conn = self.dedicated_pg().await?;
-        if !channels.is_empty() {
-            let statements: String = channels
-                .iter()
-                .map(|channel| format!("LISTEN {};", quote_ident(channel)))
-                .collect();
-            conn.batch_execute(&statements)
-                .await
-                .map_err(|e| StoreError::from(e).during("listen"))?;
-        }
+        let conn = self
+            .bounded(1, async {
+                let mut conn = self.dedicated_pg().await?;
+                if !channels.is_empty() {
+                    let statements: String = channels
+                        .iter()
+                        .map(|channel| format!("LISTEN {};", quote_ident(channel)))
+                        .collect();
+                    conn.batch_execute(&statements).await?;
+                }
+                Ok(conn)
+            })
+            .await
+            .map_err(|e| e.during("listen"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut conn = conn;
@@ -808,12 +825,17 @@ impl Store {
         if self.backend() != Backend::Postgres {
             return Err(self.unsupported("try_lead"));
         }
-        let mut conn = self.dedicated_pg().await?;
-        let Locked { locked } = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-            .bind::<BigInt, _>(lock_key)
-            .get_result(&mut conn)
+        let (conn, Locked { locked }) = self
+            .bounded(1, async {
+                let mut conn = self.dedicated_pg().await?;
+                let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                    .bind::<BigInt, _>(lock_key)
+                    .get_result(&mut conn)
+                    .await?;
+                Ok((conn, locked))
+            })
             .await
-            .map_err(|e| StoreError::from(e).during("try_lead"))?;
+            .map_err(|e| e.during("try_lead"))?;
         if !locked {
             return Ok(None);
         }
@@ -892,12 +914,22 @@ impl Leadership {
 
     /// Gives up leadership explicitly (`pg_advisory_unlock`), then closes the
     /// connection. Dropping the value has the same effect, a moment later.
+    ///
+    /// Bounded by the store's connect timeout: [`StoreError::Timeout`] when
+    /// the server does not answer (the lock then goes with the connection,
+    /// closed here).
     pub async fn release(mut self) -> Result<()> {
-        diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        let unlock = diesel::sql_query("SELECT pg_advisory_unlock($1)")
             .bind::<BigInt, _>(self.key)
-            .execute(&mut self.conn)
-            .await
-            .map_err(|e| StoreError::from(e).during("release_leadership"))?;
-        Ok(())
+            .execute(&mut self.conn);
+        match tokio::time::timeout(self.check_timeout, unlock).await {
+            Ok(outcome) => outcome
+                .map(drop)
+                .map_err(|e| StoreError::from(e).during("release_leadership")),
+            Err(_) => Err(StoreError::Timeout {
+                operation: "release_leadership",
+                after: self.check_timeout,
+            }),
+        }
     }
 }

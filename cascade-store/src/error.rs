@@ -1,6 +1,7 @@
 //! The store's error type.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
@@ -19,9 +20,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum ErrorKind {
     /// The requested DAG, version or job does not exist.
     NotFound,
-    /// A uniqueness or concurrency conflict; retrying the same input fails again.
+    /// A uniqueness or constraint conflict; retrying the same input fails again.
     Conflict,
-    /// The database could not be reached or went away; retrying later may work.
+    /// The database could not be reached, went away, was too slow, or asked
+    /// for the transaction to be retried; retrying later may work (see
+    /// [`StoreError::is_transient`]).
     Unavailable,
     /// Anything else (configuration, schema, corrupt data, bugs).
     Other,
@@ -178,6 +181,24 @@ pub enum StoreError {
         problem: String,
     },
 
+    /// A store call did not finish within its deadline (derived from
+    /// [`StoreOptions::statement_timeout`](crate::StoreOptions::statement_timeout)).
+    ///
+    /// Transient. For a write the outcome is unknown: it may have been
+    /// committed just before the deadline. Compare-and-set writes can be
+    /// retried as they are (a second application loses its compare-and-set);
+    /// read the state back to learn which.
+    #[error(
+        "database operation `{operation}` did not finish within {after:?}: the database is slow \
+         or unreachable; a write may or may not have been applied"
+    )]
+    Timeout {
+        /// The store method that timed out.
+        operation: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+
     /// A database statement failed.
     #[error("database operation `{operation}` failed")]
     Database {
@@ -190,14 +211,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The coarse class of this error.
+    /// The coarse class of this error. Every [transient](StoreError::is_transient)
+    /// error is [`ErrorKind::Unavailable`].
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::DagNotFound { .. }
             | StoreError::DagVersionNotFound { .. }
             | StoreError::JobNotFound { .. }
             | StoreError::WorkerNotFound { .. } => ErrorKind::NotFound,
-            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. } => ErrorKind::Unavailable,
             StoreError::Database { source, .. } => diesel_kind(source),
             StoreError::UnknownScheme { .. }
             | StoreError::MalformedUrl { .. }
@@ -210,9 +232,40 @@ impl StoreError {
         }
     }
 
-    /// Names the store operation on a [`StoreError::Database`] error.
+    /// Whether the same call may succeed if tried again a little later:
+    /// the database could not be reached ([`StoreError::Unavailable`]), the
+    /// call ran out of time ([`StoreError::Timeout`]), or a statement failed
+    /// because the connection was lost, the server is shutting down,
+    /// restarting or recovering (SQLSTATE `57P01`, `57P02`, `57P03`, class
+    /// `08`), the transaction lost a serialization check or a deadlock
+    /// (`40001`, `40P01`), a statement was cancelled by a server timeout, or
+    /// SQLite found the database locked by another process (`SQLITE_BUSY`).
+    ///
+    /// Reads are retried inside the store already (briefly); writes are not,
+    /// since a lost connection may hide a commit that happened: the caller
+    /// decides. Constraint violations, missing rows, bad URLs and corrupt data
+    /// are never transient.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cascade_store::{ErrorKind, StoreError};
+    ///
+    /// let error = StoreError::Timeout { operation: "get_job", after: Duration::from_secs(31) };
+    /// assert!(error.is_transient());
+    /// assert_eq!(error.kind(), ErrorKind::Unavailable);
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. } => true,
+            StoreError::Database { source, .. } => diesel_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// Names the store operation on a [`StoreError::Database`] or
+    /// [`StoreError::Timeout`] error.
     pub(crate) fn during(mut self, name: &'static str) -> Self {
-        if let StoreError::Database { operation, .. } = &mut self {
+        if let StoreError::Database { operation, .. } | StoreError::Timeout { operation, .. } = &mut self {
             *operation = name;
         }
         self
@@ -230,28 +283,77 @@ fn location(job_id: Option<&JobId>, task_id: Option<&str>) -> String {
 }
 
 fn diesel_kind(error: &DieselError) -> ErrorKind {
+    if diesel_is_transient(error) {
+        return ErrorKind::Unavailable;
+    }
     match error {
         DieselError::NotFound => ErrorKind::NotFound,
-        DieselError::DatabaseError(kind, info) => match kind {
+        DieselError::DatabaseError(
             DatabaseErrorKind::UniqueViolation
             | DatabaseErrorKind::ForeignKeyViolation
-            | DatabaseErrorKind::SerializationFailure
             | DatabaseErrorKind::CheckViolation
-            | DatabaseErrorKind::NotNullViolation => ErrorKind::Conflict,
-            DatabaseErrorKind::ClosedConnection => ErrorKind::Unavailable,
-            _ => {
-                // SQLite reports contention from other processes only as text.
-                let message = info.message();
-                if message.contains("database is locked") || message.contains("database is busy") {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Other
-                }
-            }
-        },
-        DieselError::BrokenTransactionManager => ErrorKind::Unavailable,
+            | DatabaseErrorKind::NotNullViolation,
+            _,
+        ) => ErrorKind::Conflict,
         _ => ErrorKind::Other,
     }
+}
+
+/// Whether a diesel error is worth retrying.
+///
+/// diesel-async maps a PostgreSQL error to a [`DatabaseErrorKind`] only for
+/// a few SQLSTATEs (`40001` is `SerializationFailure`); every other code
+/// becomes `Unknown` and the code itself is not kept. An error without a
+/// SQLSTATE (an I/O error, a connection that closed, a background
+/// connection task that ended) becomes `UnableToSendCommand`. So the kind
+/// covers lost connections and serialization failures, and the server's
+/// primary message identifies the rest: the codes of class `57P` and
+/// `40P01` have fixed English texts. (A server whose `lc_messages` is not
+/// English translates them; those connections still end, and the next
+/// statement on them fails as `UnableToSendCommand`.) SQLite reports
+/// `SQLITE_BUSY` and `SQLITE_LOCKED` only as text as well.
+fn diesel_is_transient(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(kind, info) => match kind {
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::SerializationFailure => true,
+            _ => transient_message(info.message()),
+        },
+        DieselError::BrokenTransactionManager => true,
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => diesel_is_transient(commit_error),
+        _ => false,
+    }
+}
+
+/// Primary messages of transient server errors, lowercase.
+const TRANSIENT_MESSAGES: &[&str] = &[
+    // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P05 idle_session_timeout,
+    // and conflicts with recovery on a standby.
+    "terminating connection",
+    // 57P03 cannot_connect_now: starting up, shutting down, in recovery,
+    // not (yet) accepting connections.
+    "the database system is",
+    // 40P01 deadlock_detected.
+    "deadlock detected",
+    // 40001 serialization_failure, should it ever arrive without its kind.
+    "could not serialize access",
+    // 57014 query_canceled (statement_timeout) and 55P03 (lock_timeout).
+    "canceling statement due to",
+    // 08xxx raised by the server, and I/O failures as text.
+    "connection reset",
+    "broken pipe",
+    "connection closed",
+    "server closed the connection",
+    // SQLite: SQLITE_BUSY ("database is locked"), SQLITE_LOCKED
+    // ("database table is locked"), and the wording of older versions.
+    "is locked",
+    "database is busy",
+];
+
+fn transient_message(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    TRANSIENT_MESSAGES.iter().any(|text| message.contains(text))
 }
 
 impl From<DieselError> for StoreError {
@@ -260,5 +362,165 @@ impl From<DieselError> for StoreError {
             operation: "query",
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(kind: DatabaseErrorKind, message: &str) -> StoreError {
+        StoreError::Database {
+            operation: "test",
+            source: DieselError::DatabaseError(kind, Box::new(message.to_owned())),
+        }
+    }
+
+    #[test]
+    fn transient_errors() {
+        let transient = [
+            // What diesel-async makes of tokio-postgres errors without a SQLSTATE.
+            database(DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            database(
+                DatabaseErrorKind::UnableToSendCommand,
+                "error communicating with the server: Connection reset by peer (os error 104)",
+            ),
+            database(
+                DatabaseErrorKind::ClosedConnection,
+                "the listening connection closed",
+            ),
+            // 40001.
+            database(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize access due to concurrent update",
+            ),
+            // 57P01 (fast and immediate shutdown, pg_terminate_backend).
+            database(
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            database(
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to immediate shutdown command",
+            ),
+            // 57P02.
+            database(
+                DatabaseErrorKind::Unknown,
+                "terminating connection because of crash of another server process",
+            ),
+            // 57P03.
+            database(DatabaseErrorKind::Unknown, "the database system is starting up"),
+            database(DatabaseErrorKind::Unknown, "the database system is shutting down"),
+            database(
+                DatabaseErrorKind::Unknown,
+                "the database system is in recovery mode",
+            ),
+            // 40P01.
+            database(DatabaseErrorKind::Unknown, "deadlock detected"),
+            // 57014 from statement_timeout.
+            database(
+                DatabaseErrorKind::Unknown,
+                "canceling statement due to statement timeout",
+            ),
+            // SQLITE_BUSY and SQLITE_LOCKED.
+            database(DatabaseErrorKind::Unknown, "database is locked"),
+            database(DatabaseErrorKind::Unknown, "database table is locked"),
+            StoreError::Database {
+                operation: "test",
+                source: DieselError::BrokenTransactionManager,
+            },
+            StoreError::Database {
+                operation: "test",
+                source: DieselError::RollbackErrorOnCommit {
+                    rollback_error: Box::new(DieselError::BrokenTransactionManager),
+                    commit_error: Box::new(DieselError::DatabaseError(
+                        DatabaseErrorKind::UnableToSendCommand,
+                        Box::new("connection closed".to_owned()),
+                    )),
+                },
+            },
+            StoreError::Timeout {
+                operation: "test",
+                after: Duration::from_secs(31),
+            },
+            StoreError::Unavailable {
+                url: "postgres://u@h/db".to_owned(),
+                attempts: 6,
+                source: "connection refused".into(),
+            },
+        ];
+        for error in transient {
+            assert!(error.is_transient(), "{error:?}");
+            assert_eq!(error.kind(), ErrorKind::Unavailable, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn permanent_errors() {
+        let permanent = [
+            (
+                database(
+                    DatabaseErrorKind::UniqueViolation,
+                    "duplicate key value violates unique constraint",
+                ),
+                ErrorKind::Conflict,
+            ),
+            (
+                database(DatabaseErrorKind::ForeignKeyViolation, "violates foreign key"),
+                ErrorKind::Conflict,
+            ),
+            (
+                database(DatabaseErrorKind::Unknown, "relation \"jobs\" does not exist"),
+                ErrorKind::Other,
+            ),
+            (
+                database(DatabaseErrorKind::Unknown, "syntax error at or near \"SELEC\""),
+                ErrorKind::Other,
+            ),
+            (
+                StoreError::Database {
+                    operation: "test",
+                    source: DieselError::NotFound,
+                },
+                ErrorKind::NotFound,
+            ),
+            (StoreError::JobNotFound { job_id: JobId(7) }, ErrorKind::NotFound),
+            (
+                StoreError::Corrupt {
+                    column: "jobs.status",
+                    value: "sleeping".to_owned(),
+                },
+                ErrorKind::Other,
+            ),
+        ];
+        for (error, kind) in permanent {
+            assert!(!error.is_transient(), "{error:?}");
+            assert_eq!(error.kind(), kind, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn during_names_timeouts_and_database_errors() {
+        let timeout = StoreError::Timeout {
+            operation: "query",
+            after: Duration::from_secs(2),
+        }
+        .during("list_jobs");
+        assert!(matches!(
+            timeout,
+            StoreError::Timeout {
+                operation: "list_jobs",
+                ..
+            }
+        ));
+        assert!(timeout.to_string().contains("`list_jobs`"), "{timeout}");
+        let database = database(DatabaseErrorKind::Unknown, "x").during("get_job");
+        assert!(matches!(
+            database,
+            StoreError::Database {
+                operation: "get_job",
+                ..
+            }
+        ));
     }
 }

@@ -18,6 +18,14 @@
 //! Migrations are embedded and applied by [`Store::open`]. A database migrated
 //! by a newer build is refused with [`StoreError::SchemaTooNew`].
 //!
+//! Faults: every call is bounded in time
+//! ([`StoreOptions::statement_timeout`], [`StoreError::Timeout`]), and
+//! [`StoreError::is_transient`] tells a database that restarted, went away or
+//! asked for a retry from a request that will never succeed. Reads are
+//! retried briefly inside the store; writes are not (a lost connection may
+//! hide a commit), so the caller decides, typically by retrying the same
+//! compare-and-set.
+//!
 //! ```no_run
 //! use cascade_store::{JobStatus, NewDag, NewJob, NewTask, Store, TaskStatus};
 //! use serde_json::json;

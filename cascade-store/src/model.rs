@@ -62,7 +62,9 @@ pub struct Job {
     pub dag_version: i32,
     /// Current state.
     pub status: JobStatus,
-    /// What started the job (`"manual"`, `"schedule"`, …).
+    /// What started the job: `"cron"` for a job fired by the DAG's
+    /// schedule, otherwise the string given to `trigger_job` (such as
+    /// `"manual"`).
     pub trigger: String,
     /// The trigger's parameters.
     pub params: Value,
@@ -83,6 +85,10 @@ pub struct Job {
     /// When the owner's lease lapses; after that another engine may claim the
     /// job. `None` with an owner means the lease never lapses.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When a cancel of this job was requested
+    /// ([`Store::request_cancel`](crate::Store::request_cancel)), if it was:
+    /// whichever node runs the job cancels it.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 /// The stored state of one task within one job.
@@ -157,7 +163,12 @@ pub struct TaskAttempt {
     pub worker: Option<String>,
     /// The error, if it failed.
     pub error: Option<String>,
-    /// Captured output or result, as text.
+    /// The attempt's captured output, as text. For a shell task whose command
+    /// ran to its end (whatever its exit status): its stdout and stderr, each
+    /// stream's last 64 KiB. For any failed attempt whose handler attached
+    /// output with `TaskError::with_output`: that output. Otherwise `None`,
+    /// which includes successful local tasks: their result is in
+    /// [`TaskExecution::result`].
     pub output: Option<String>,
     /// When the attempt started.
     pub started_at: Option<DateTime<Utc>>,

@@ -50,6 +50,7 @@ impl fmt::Display for SqliteSynchronous {
 ///     ..StoreOptions::default()
 /// };
 /// assert_eq!(options.pg_pool_size, 8);
+/// assert_eq!(options.statement_timeout, std::time::Duration::from_secs(30));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -74,6 +75,21 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// Time to wait for a free pooled connection (default 30 s).
     pub acquire_timeout: Duration,
+    /// Longest time one SQL statement may run (default 30 s).
+    ///
+    /// PostgreSQL connections enforce it on the server (`SET
+    /// statement_timeout`), which cancels the statement and rolls its
+    /// transaction back. Every store call is also bounded on the client, on
+    /// both backends, by this time plus a margin (the time itself, at most
+    /// five seconds), once per thousand rows for calls whose work grows with
+    /// their input (`create_job`, `commit_transitions`); a call still
+    /// running then fails with [`StoreError::Timeout`](crate::StoreError::Timeout).
+    /// That bound covers what the server cannot see: waiting for a
+    /// connection, a server or network that stopped answering. Reads
+    /// retried after a transient error stay within the same bound.
+    ///
+    /// `Duration::ZERO` turns both off.
+    pub statement_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -88,6 +104,45 @@ impl Default for StoreOptions {
             connect_backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl StoreOptions {
+    /// The client-side bound on one store call doing `units` thousand rows'
+    /// worth of work (at least one), or `None` when timeouts are off.
+    pub(crate) fn call_deadline(&self, units: usize) -> Option<Duration> {
+        if self.statement_timeout.is_zero() {
+            return None;
+        }
+        // The server's own timeout should fire first and leave a clean error
+        // and a usable connection; the margin covers the round trip and a
+        // busy machine.
+        let one = self.statement_timeout + self.statement_timeout.min(Duration::from_secs(5));
+        Some(one.saturating_mul(u32::try_from(units.max(1)).unwrap_or(u32::MAX)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_deadlines() {
+        let options = StoreOptions::default();
+        assert_eq!(options.call_deadline(0), Some(Duration::from_secs(35)));
+        assert_eq!(options.call_deadline(1), Some(Duration::from_secs(35)));
+        assert_eq!(options.call_deadline(3), Some(Duration::from_secs(105)));
+        let short = StoreOptions {
+            statement_timeout: Duration::from_millis(200),
+            ..StoreOptions::default()
+        };
+        assert_eq!(short.call_deadline(1), Some(Duration::from_millis(400)));
+        let off = StoreOptions {
+            statement_timeout: Duration::ZERO,
+            ..StoreOptions::default()
+        };
+        assert_eq!(off.call_deadline(5), None);
     }
 }

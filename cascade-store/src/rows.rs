@@ -150,6 +150,7 @@ pub(crate) struct JobRow {
     pub(crate) completed_at: Option<NaiveDateTime>,
     pub(crate) owner: Option<String>,
     pub(crate) lease_expires_at: Option<NaiveDateTime>,
+    pub(crate) cancel_requested_at: Option<NaiveDateTime>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -170,6 +171,7 @@ impl TryFrom<JobRow> for Job {
             completed_at: row.completed_at.map(utc),
             owner: row.owner,
             lease_expires_at: row.lease_expires_at.map(utc),
+            cancel_requested_at: row.cancel_requested_at.map(utc),
         })
     }
 }

@@ -49,6 +49,7 @@ diesel::table! {
         updated_at -> Timestamp,
         owner -> Nullable<Text>,
         lease_expires_at -> Nullable<Timestamp>,
+        cancel_requested_at -> Nullable<Timestamp>,
     }
 }
 

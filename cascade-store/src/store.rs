@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -79,61 +80,140 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Runs `$body` with `$c` bound to a read connection of either backend.
+/// Runs `$body` with `$c` bound to a read connection of either backend, under
+/// the call's deadline, again after a transient failure ([`ReadRetry`]).
+/// `$body` evaluates to a `Result` whose error converts into [`StoreError`];
+/// the macro evaluates to `Result<_, StoreError>`.
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {
-        match &$self.inner.pools {
-            Pools::Pg(pool) => {
-                let mut conn = $self.checkout_pg(pool).await?;
-                let $c: &mut AsyncPgConnection = &mut conn;
-                $body
-            }
-            Pools::Sqlite(pools) => {
-                let mut conn = $self.checkout_sqlite(pools.reader()).await?;
-                let $c: &mut SqliteConn = &mut conn;
-                $body
-            }
-        }
+        $self
+            .bounded(1, async {
+                let mut retry = crate::store::ReadRetry::default();
+                loop {
+                    let outcome: Result<_> = async {
+                        match &$self.inner.pools {
+                            Pools::Pg(pool) => {
+                                let mut conn = $self.checkout_pg(pool).await?;
+                                let $c: &mut AsyncPgConnection = &mut conn;
+                                Ok($body?)
+                            }
+                            Pools::Sqlite(pools) => {
+                                let mut conn = $self.checkout_sqlite(pools.reader()).await?;
+                                let $c: &mut SqliteConn = &mut conn;
+                                Ok($body?)
+                            }
+                        }
+                    }
+                    .await;
+                    match outcome {
+                        Err(error) if retry.again_after(&error).await => continue,
+                        outcome => break outcome,
+                    }
+                }
+            })
+            .await
     };
 }
 
-/// Runs `$body` in a write transaction (`BEGIN IMMEDIATE` on the single SQLite writer).
+/// Runs `$body` in a write transaction (`BEGIN IMMEDIATE` on the single
+/// SQLite writer), under the call's deadline for `$units` thousand rows
+/// (one by default). Never retried.
 macro_rules! write_tx {
     ($self:ident, |$c:ident| $body:expr) => {
-        match &$self.inner.pools {
-            Pools::Pg(pool) => {
-                let mut conn = $self.checkout_pg(pool).await?;
-                let conn: &mut AsyncPgConnection = &mut conn;
-                conn.transaction(async |$c: &mut AsyncPgConnection| -> Result<_> { $body })
-                    .await
-            }
-            Pools::Sqlite(pools) => {
-                let mut conn = $self.checkout_sqlite(&pools.writer).await?;
-                let conn: &mut SqliteConn = &mut conn;
-                conn.immediate_transaction(async |$c: &mut SqliteConn| -> Result<_> { $body })
-                    .await
-            }
-        }
+        write_tx!($self, units = 1, |$c| $body)
+    };
+    ($self:ident, units = $units:expr, |$c:ident| $body:expr) => {
+        $self
+            .bounded($units, async {
+                match &$self.inner.pools {
+                    Pools::Pg(pool) => {
+                        let mut conn = $self.checkout_pg(pool).await?;
+                        let conn: &mut AsyncPgConnection = &mut conn;
+                        conn.transaction(async |$c: &mut AsyncPgConnection| -> Result<_> { $body })
+                            .await
+                    }
+                    Pools::Sqlite(pools) => {
+                        let mut conn = $self.checkout_sqlite(&pools.writer).await?;
+                        let conn: &mut SqliteConn = &mut conn;
+                        conn.immediate_transaction(async |$c: &mut SqliteConn| -> Result<_> { $body })
+                            .await
+                    }
+                }
+            })
+            .await
     };
 }
 
-/// Runs `$body` on the writer without an explicit transaction (single statements).
+/// Runs `$body` on the writer without an explicit transaction (single
+/// statements), under the call's deadline. Never retried.
 macro_rules! write_one {
     ($self:ident, |$c:ident| $body:expr) => {
-        match &$self.inner.pools {
-            Pools::Pg(pool) => {
-                let mut conn = $self.checkout_pg(pool).await?;
-                let $c: &mut AsyncPgConnection = &mut conn;
-                $body
-            }
-            Pools::Sqlite(pools) => {
-                let mut conn = $self.checkout_sqlite(&pools.writer).await?;
-                let $c: &mut SqliteConn = &mut conn;
-                $body
-            }
-        }
+        $self
+            .bounded(1, async {
+                match &$self.inner.pools {
+                    Pools::Pg(pool) => {
+                        let mut conn = $self.checkout_pg(pool).await?;
+                        let $c: &mut AsyncPgConnection = &mut conn;
+                        Ok($body?)
+                    }
+                    Pools::Sqlite(pools) => {
+                        let mut conn = $self.checkout_sqlite(&pools.writer).await?;
+                        let $c: &mut SqliteConn = &mut conn;
+                        Ok($body?)
+                    }
+                }
+            })
+            .await
     };
 }
+
+/// Rows of work per unit of a call's deadline (see [`StoreOptions::statement_timeout`]).
+const ROWS_PER_UNIT: usize = 1000;
+
+/// Whether a failed read is tried again: after a transient statement failure
+/// (a connection lost to a server restart, a serialization failure, SQLite
+/// busy), a few times, with a short backoff, all within the call's one
+/// deadline. Failures to connect are not retried here: the checkout retried
+/// them already.
+#[derive(Debug)]
+pub(crate) struct ReadRetry {
+    attempt: u32,
+    delay: Duration,
+}
+
+impl Default for ReadRetry {
+    fn default() -> Self {
+        ReadRetry {
+            attempt: 1,
+            delay: READ_RETRY_DELAY,
+        }
+    }
+}
+
+impl ReadRetry {
+    /// `true` (after the pause) if the read that failed with `error` should
+    /// run again.
+    pub(crate) async fn again_after(&mut self, error: &StoreError) -> bool {
+        if !matches!(error, StoreError::Database { .. })
+            || !error.is_transient()
+            || self.attempt >= READ_ATTEMPTS
+        {
+            return false;
+        }
+        debug!(%error, attempt = self.attempt, delay = ?self.delay, "read failed transiently; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay *= 3;
+        self.attempt += 1;
+        true
+    }
+}
+
+/// How often a read is tried in all when it fails transiently.
+const READ_ATTEMPTS: u32 = 4;
+
+/// The pause before the first retry of a read; tripled before each next one
+/// (50, 150, 450 ms: 650 ms in all).
+const READ_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 impl Store {
     /// Opens the database at `url` with default [`StoreOptions`] and applies
@@ -216,6 +296,24 @@ impl Store {
         pool: &diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>,
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>> {
         connect::checkout(pool, &self.inner.url, &self.inner.options).await
+    }
+
+    /// Runs one store call under its client-side deadline
+    /// ([`StoreOptions::statement_timeout`] plus a margin, times `units`);
+    /// [`StoreError::Timeout`] when it passes. Dropping the call on timeout
+    /// is safe: a connection left inside a transaction or with a broken
+    /// session is discarded by the pool, never reused.
+    pub(crate) async fn bounded<T>(&self, units: usize, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let Some(after) = self.inner.options.call_deadline(units) else {
+            return call.await;
+        };
+        match tokio::time::timeout(after, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StoreError::Timeout {
+                operation: "query",
+                after,
+            }),
+        }
     }
 
     pub(crate) async fn checkout_sqlite(
@@ -309,7 +407,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_dags"))?;
+        .map_err(|e| e.during("list_dags"))?;
         Ok(rows.into_iter().map(DagRecord::from).collect())
     }
 
@@ -330,7 +428,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("get_dag"))?;
+        .map_err(|e| e.during("get_dag"))?;
         Ok(row.map(DagRecord::from))
     }
 
@@ -345,7 +443,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("get_dag_by_name"))?;
+        .map_err(|e| e.during("get_dag_by_name"))?;
         Ok(row.map(DagRecord::from))
     }
 
@@ -360,7 +458,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("get_dag_version"))?;
+        .map_err(|e| e.during("get_dag_version"))?;
         match row {
             Some(row) => Ok(row.into()),
             None if self.find_dag(dag_id).await?.is_none() => Err(StoreError::DagNotFound { dag_id }),
@@ -380,7 +478,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("set_dag_paused"))?;
+        .map_err(|e| e.during("set_dag_paused"))?;
         row.map(DagRecord::from).ok_or(StoreError::DagNotFound { dag_id })
     }
 
@@ -424,25 +522,30 @@ impl Store {
             dags::next_fire_at.eq(next),
             dags::last_fired_at.eq(rows::coalesce(last, dags::last_fired_at)),
         );
-        let n = match &self.inner.pools {
-            Pools::Pg(pool) => {
-                let mut conn = self.checkout_pg(pool).await?;
-                update
-                    .filter(dags::next_fire_at.is_not_distinct_from(expected))
-                    .set(set)
-                    .execute(&mut *conn)
-                    .await
-            }
-            Pools::Sqlite(pools) => {
-                let mut conn = self.checkout_sqlite(&pools.writer).await?;
-                update
-                    .filter(dags::next_fire_at.is(expected))
-                    .set(set)
-                    .execute(&mut *conn)
-                    .await
-            }
-        }
-        .map_err(|e| StoreError::from(e).during("advance_dag_schedule"))?;
+        let n = self
+            .bounded(1, async {
+                let n = match &self.inner.pools {
+                    Pools::Pg(pool) => {
+                        let mut conn = self.checkout_pg(pool).await?;
+                        update
+                            .filter(dags::next_fire_at.is_not_distinct_from(expected))
+                            .set(set)
+                            .execute(&mut *conn)
+                            .await?
+                    }
+                    Pools::Sqlite(pools) => {
+                        let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                        update
+                            .filter(dags::next_fire_at.is(expected))
+                            .set(set)
+                            .execute(&mut *conn)
+                            .await?
+                    }
+                };
+                Ok(n)
+            })
+            .await
+            .map_err(|e| e.during("advance_dag_schedule"))?;
         if n == 0 && self.find_dag(dag_id).await?.is_none() {
             return Err(StoreError::DagNotFound { dag_id });
         }
@@ -467,7 +570,8 @@ impl Store {
         crate::values::check_new_job(&job)?;
         let job = &job;
         let dag_id = job.dag_id;
-        let created: Option<(JobRow, bool)> = write_tx!(self, |c| {
+        let units = 1 + job.tasks.len() / ROWS_PER_UNIT;
+        let created: Option<(JobRow, bool)> = write_tx!(self, units = units, |c| {
             let dag_exists: Option<i64> = dags::table
                 .find(dag_id.0)
                 .select(dags::id)
@@ -540,7 +644,7 @@ impl Store {
                 .await
                 .optional()
         })
-        .map_err(|e| StoreError::from(e).during("get_job"))?;
+        .map_err(|e| e.during("get_job"))?;
         row.ok_or(StoreError::JobNotFound { job_id })?.try_into()
     }
 
@@ -615,8 +719,25 @@ impl Store {
             }
             query.load(c).await
         })
-        .map_err(|e| StoreError::from(e).during("list_jobs"))?;
+        .map_err(|e| e.during("list_jobs"))?;
         rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// One task execution of a job, as committed; `None` if the job has no
+    /// such task.
+    #[instrument(skip(self), err)]
+    pub async fn get_task_execution(&self, job_id: JobId, task_id: &str) -> Result<Option<TaskExecution>> {
+        let row: Option<TaskRow> = read!(self, |c| {
+            task_executions::table
+                .filter(task_executions::job_id.eq(job_id.0))
+                .filter(task_executions::task_id.eq(task_id))
+                .select(TaskRow::as_select())
+                .first(c)
+                .await
+                .optional()
+        })
+        .map_err(|e| e.during("get_task_execution"))?;
+        row.map(TaskExecution::try_from).transpose()
     }
 
     /// The task executions of a job, in creation order (empty for an unknown job).
@@ -630,7 +751,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_task_executions_for_job"))?;
+        .map_err(|e| e.during("list_task_executions_for_job"))?;
         rows.into_iter().map(TaskExecution::try_from).collect()
     }
 
@@ -646,7 +767,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_task_attempts"))?;
+        .map_err(|e| e.during("list_task_attempts"))?;
         rows.into_iter().map(TaskAttempt::try_from).collect()
     }
 
@@ -694,7 +815,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("claim_job"))?;
+        .map_err(|e| e.during("claim_job"))?;
         if n == 0 {
             // Distinguish "lost" from "no such job" only on the slow path.
             self.get_job(job_id).await?;
@@ -727,7 +848,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("renew_job_leases"))?;
+        .map_err(|e| e.during("renew_job_leases"))?;
         Ok(n as u64)
     }
 
@@ -757,8 +878,51 @@ impl Store {
                 .get_results(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("renew_leases_of_jobs"))?;
+        .map_err(|e| e.during("renew_leases_of_jobs"))?;
         Ok(renewed.into_iter().map(JobId).collect())
+    }
+
+    /// Records a request to cancel a job, if it is unfinished; returns whether
+    /// it is (a finished job is left as it is). Whichever node runs the job
+    /// reads the request from the row and cancels it; a notification only
+    /// wakes nodes up to look.
+    #[instrument(skip(self), err)]
+    pub async fn request_cancel(&self, job_id: JobId) -> Result<bool> {
+        let now = naive(rows::now());
+        let n = write_one!(self, |c| {
+            diesel::update(jobs::table.find(job_id.0))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::cancel_requested_at.is_null())
+                .set(jobs::cancel_requested_at.eq(now))
+                .execute(c)
+                .await
+        })
+        .map_err(|e| e.during("request_cancel"))?;
+        if n == 1 {
+            return Ok(true);
+        }
+        let job = self.get_job(job_id).await?;
+        Ok(!job.status.is_terminal())
+    }
+
+    /// Those of `job_ids` that are unfinished and have a stored cancel request.
+    #[instrument(skip(self, job_ids), fields(n = job_ids.len()), err)]
+    pub async fn jobs_with_cancel_requests(&self, job_ids: &[JobId]) -> Result<Vec<JobId>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = job_ids.iter().map(|id| id.0).collect();
+        let found: Vec<i64> = read!(self, |c| {
+            jobs::table
+                .filter(jobs::id.eq_any(&ids))
+                .filter(jobs::status.eq_any(UNFINISHED_JOB))
+                .filter(jobs::cancel_requested_at.is_not_null())
+                .select(jobs::id)
+                .load(c)
+                .await
+        })
+        .map_err(|e| e.during("jobs_with_cancel_requests"))?;
+        Ok(found.into_iter().map(JobId).collect())
     }
 
     /// Gives up every job owned by `owner` (owner and lease become NULL), for
@@ -785,7 +949,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("release_jobs"))?;
+        .map_err(|e| e.during("release_jobs"))?;
         Ok(n as u64)
     }
 
@@ -827,7 +991,7 @@ impl Store {
                 .load(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("list_claimable_jobs"))?;
+        .map_err(|e| e.during("list_claimable_jobs"))?;
         rows.into_iter().map(Job::try_from).collect()
     }
 
@@ -871,7 +1035,7 @@ impl Store {
             }
             query.load(c).await
         })
-        .map_err(|e| StoreError::from(e).during("list_unfinished_jobs"))?;
+        .map_err(|e| e.during("list_unfinished_jobs"))?;
         rows.into_iter().map(Job::try_from).collect()
     }
 
@@ -896,7 +1060,7 @@ impl Store {
                 .execute(c)
                 .await
         })
-        .map_err(|e| StoreError::from(e).during("take_over_job"))?;
+        .map_err(|e| e.during("take_over_job"))?;
         Ok(n == 1)
     }
 
@@ -908,7 +1072,7 @@ impl Store {
         crate::values::check_job(&transition)?;
         let cas = JobCas::new(&transition, naive(rows::now()));
         let n = write_one!(self, |c| rows::job_cas_query!(cas).execute(c).await)
-            .map_err(|e| StoreError::from(e).during("transition_job"))?;
+            .map_err(|e| e.during("transition_job"))?;
         if n == 0 {
             debug!("job transition lost its compare-and-set");
         }
@@ -929,14 +1093,19 @@ impl Store {
                 Pools::Pg(_) => write_one!(self, |c| rows::task_cas_query!(cas).execute(c).await),
                 Pools::Sqlite(pools) => {
                     // The fixed-shape statement, prepared once on the writer.
-                    let mut conn = self.checkout_sqlite(&pools.writer).await?;
-                    conn.spawn_blocking(move |c| {
-                        diesel::RunQueryDsl::execute(crate::batch::SqliteTaskCas::new(&cas), c)
+                    self.bounded(1, async {
+                        let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                        let n = conn
+                            .spawn_blocking(move |c| {
+                                diesel::RunQueryDsl::execute(crate::batch::SqliteTaskCas::new(&cas), c)
+                            })
+                            .await?;
+                        Ok(n)
                     })
                     .await
                 }
             };
-            n.map_err(|e| StoreError::from(e).during("transition_task"))? == 1
+            n.map_err(|e| e.during("transition_task"))? == 1
         } else {
             let outcome = self
                 .apply_batch(vec![cas], Vec::new(), &[])
@@ -1003,21 +1172,25 @@ impl Store {
         jobs: Vec<JobCas>,
         notifications: &[crate::model::Notification],
     ) -> Result<BatchOutcome> {
-        match &self.inner.pools {
-            Pools::Pg(pool) => {
-                let mut conn = self.checkout_pg(pool).await?;
-                // One statement, or its own transaction when longer.
-                crate::batch::pg_apply(&mut conn, &tasks, &jobs, notifications).await
+        let units = 1 + (tasks.len() + jobs.len()) / ROWS_PER_UNIT;
+        self.bounded(units, async {
+            match &self.inner.pools {
+                Pools::Pg(pool) => {
+                    let mut conn = self.checkout_pg(pool).await?;
+                    // One statement, or its own transaction when longer.
+                    crate::batch::pg_apply(&mut conn, &tasks, &jobs, notifications).await
+                }
+                Pools::Sqlite(pools) => {
+                    let mut conn = self.checkout_sqlite(&pools.writer).await?;
+                    conn.spawn_blocking(move |c| {
+                        c.immediate_transaction(|c| crate::batch::sqlite_apply(c, &tasks, &jobs))
+                    })
+                    .await
+                    .map_err(StoreError::from)
+                }
             }
-            Pools::Sqlite(pools) => {
-                let mut conn = self.checkout_sqlite(&pools.writer).await?;
-                conn.spawn_blocking(move |c| {
-                    c.immediate_transaction(|c| crate::batch::sqlite_apply(c, &tasks, &jobs))
-                })
-                .await
-                .map_err(StoreError::from)
-            }
-        }
+        })
+        .await
     }
 }
 

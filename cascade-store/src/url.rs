@@ -18,6 +18,13 @@ pub(crate) enum Target {
 
 /// Classifies and validates a database URL. The URL itself is kept by the caller.
 pub(crate) fn parse(url: &str) -> Result<Target> {
+    if !url.contains("://") && url.contains('=') && !url.starts_with("sqlite:") {
+        return Err(malformed(
+            url,
+            "key=value connection strings are not supported: write \
+             postgres://user:password@host:port/database (percent-encode reserved characters)",
+        ));
+    }
     let Some(colon) = url.find(':') else {
         return Err(malformed(
             url,
@@ -72,46 +79,136 @@ fn malformed(url: &str, problem: &'static str) -> StoreError {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host/…` (and any
-/// `password=` query parameter) with `***`.
+/// Replaces every password in a connection string with `***`, in both forms
+/// PostgreSQL accepts:
+///
+/// - URLs, `scheme://user:password@host/…`, and a `password=` query
+///   parameter. The password may contain `/`, `?`, `@` or `:` unencoded (a
+///   malformed URL, but one that a user may well write): the user
+///   information ends at the last `@` before the query, or at the last `@`
+///   at all when there is none before the first `?`. When in doubt, more is
+///   masked, never less.
+/// - key/value strings, `host=db user=app password=secret`, with the value
+///   bare or single-quoted (`password='a b\'c'`).
 pub(crate) fn mask_password(url: &str) -> String {
-    let mut masked = match url.find("://") {
-        Some(scheme_end) => {
-            let authority_start = scheme_end + 3;
-            let authority_end = url[authority_start..]
-                .find(['/', '?'])
-                .map_or(url.len(), |i| authority_start + i);
-            let authority = &url[authority_start..authority_end];
-            match authority.rfind('@') {
-                Some(at) => {
-                    let userinfo = &authority[..at];
-                    match userinfo.find(':') {
-                        Some(colon) => format!(
-                            "{}{}:***{}",
-                            &url[..authority_start],
-                            &userinfo[..colon],
-                            &url[authority_start + at..]
-                        ),
-                        None => url.to_owned(),
-                    }
-                }
-                None => url.to_owned(),
+    if url.contains("://") {
+        mask_url(url)
+    } else {
+        mask_key_value(url)
+    }
+}
+
+fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &url[authority_start..];
+    let before_query = rest.find('?').map_or(rest, |q| &rest[..q]);
+    let (head, tail) = match before_query.rfind('@').or_else(|| rest.rfind('@')) {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.find(':').map_or(userinfo, |colon| &userinfo[..colon]);
+            let password = if user.len() < userinfo.len() { ":***" } else { "" };
+            (
+                format!("{}{user}{password}", &url[..authority_start]),
+                &rest[at..],
+            )
+        }
+        None => (url[..authority_start].to_owned(), rest),
+    };
+    format!("{head}{}", mask_query(tail))
+}
+
+/// Masks `password=` parameters in the query of `host/path?query`. A
+/// segment without `=` after a password is taken as part of it (an
+/// unencoded `&` in the password).
+fn mask_query(tail: &str) -> String {
+    let Some(query_start) = tail.find('?') else {
+        return tail.to_owned();
+    };
+    let (base, query) = tail.split_at(query_start + 1);
+    let mut pairs: Vec<String> = Vec::new();
+    let mut in_password = false;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                pairs.push(format!("{key}=***"));
+                in_password = true;
+            }
+            None if in_password => {}
+            _ => {
+                pairs.push(pair.to_owned());
+                in_password = false;
             }
         }
-        None => url.to_owned(),
-    };
-    if let Some(query_start) = masked.find('?') {
-        let (base, query) = masked.split_at(query_start + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        masked = format!("{base}{}", query.join("&"));
     }
+    format!("{base}{}", pairs.join("&"))
+}
+
+/// Masks the value of every `password` key of a libpq key/value string.
+fn mask_key_value(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = find_password_key(rest) {
+        // Everything up to and including `=` and the blanks after it.
+        let mut value_start = found.value_start;
+        value_start += rest[value_start..].len() - rest[value_start..].trim_start().len();
+        masked.push_str(&rest[..value_start]);
+        masked.push_str("***");
+        rest = &rest[value_start + value_len(&rest[value_start..])..];
+    }
+    masked.push_str(rest);
     masked
+}
+
+struct PasswordKey {
+    /// Just after the `=`.
+    value_start: usize,
+}
+
+/// The first `password` key (a whole word, any case) followed by `=`.
+fn find_password_key(text: &str) -> Option<PasswordKey> {
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password") {
+        let start = from + i;
+        let end = start + "password".len();
+        let word_start = start == 0 || !is_word(lower.as_bytes()[start - 1]);
+        let after = lower[end..].trim_start();
+        if word_start && after.starts_with('=') {
+            let equals = end + (lower[end..].len() - after.len());
+            return Some(PasswordKey {
+                value_start: equals + 1,
+            });
+        }
+        from = end;
+    }
+    None
+}
+
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// The length of a key/value string's value at the start of `text`: up to
+/// the closing quote of a quoted value (backslash escapes), or the next
+/// blank.
+fn value_len(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    if bytes.first() == Some(&b'\'') {
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'\'' => return i + 1,
+                _ => i += 1,
+            }
+        }
+        // Unterminated: all of it.
+        return text.len();
+    }
+    text.find(char::is_whitespace).unwrap_or(text.len())
 }
 
 #[cfg(test)]
@@ -133,6 +230,60 @@ mod tests {
             "postgres://u:***@host/db?password=***&sslmode=off"
         );
         assert_eq!(mask_password("sqlite://./a.db"), "sqlite://./a.db");
+    }
+
+    #[test]
+    fn masks_passwords_with_reserved_characters() {
+        for (url, masked) in [
+            ("postgres://app:ab/cd@db/prod", "postgres://app:***@db/prod"),
+            (
+                "postgres://app:a/b/c@db:5432/prod?sslmode=off",
+                "postgres://app:***@db:5432/prod?sslmode=off",
+            ),
+            ("postgres://app:ab?cd@db/prod", "postgres://app:***@db/prod"),
+            ("postgres://app:a@b:c@db/prod", "postgres://app:***@db/prod"),
+            ("postgres://app:a%2Fb@db/prod", "postgres://app:***@db/prod"),
+            (
+                "postgres://app@db/prod?application_name=a@b",
+                "postgres://app@db/prod?application_name=a@b",
+            ),
+            (
+                "postgres://db/prod?user=app&password=se&cret&sslmode=off",
+                "postgres://db/prod?user=app&password=***&sslmode=off",
+            ),
+            ("postgres://db/prod?PASSWORD=x", "postgres://db/prod?PASSWORD=***"),
+        ] {
+            assert_eq!(mask_password(url), masked, "{url}");
+        }
+    }
+
+    #[test]
+    fn masks_key_value_passwords() {
+        for (text, masked) in [
+            (
+                "host=db user=app password=secret dbname=prod",
+                "host=db user=app password=*** dbname=prod",
+            ),
+            ("password = secret host=db", "password = *** host=db"),
+            (
+                "host=db password='sec ret' dbname=prod",
+                "host=db password=*** dbname=prod",
+            ),
+            (
+                r"host=db password='it\'s' dbname=prod",
+                "host=db password=*** dbname=prod",
+            ),
+            ("host=db PassWord=s3cr/et", "host=db PassWord=***"),
+            ("host=db password='unterminated", "host=db password=***"),
+            ("host=db user=password", "host=db user=password"),
+            ("host=db mypassword=x", "host=db mypassword=x"),
+            (
+                "host=db password=a password=b",
+                "host=db password=*** password=***",
+            ),
+        ] {
+            assert_eq!(mask_password(text), masked, "{text}");
+        }
     }
 
     #[test]

@@ -123,6 +123,24 @@ pub fn retry_backoff_dag() -> Dag {
         .with_handler("flaky", flaky)
 }
 
+/// Two shell tasks that print their environment: one from the engine's
+/// environment, one with `clean_env`.
+pub fn shell_env_dag() -> Dag {
+    let ir = r#"{"ir_version":1,"name":"shell_env","tasks":[
+        {"id":"inherited","type":"shell","command":"env","env":{"FROM_TASK":"${params.dir}"}},
+        {"id":"clean","type":"shell","command":"env","clean_env":true,"env":{"FROM_TASK":"yes"}}]}"#;
+    Dag::from_ir_json(ir).unwrap_or_else(|e| panic!("shell env IR: {e}"))
+}
+
+/// A shell task that starts a background `sleep`, writes its own pid to
+/// `<dir>/shell.pid` and the sleep's to `<dir>/child.pid`, and waits a minute.
+pub fn shell_sleep_dag() -> Dag {
+    let ir = r#"{"ir_version":1,"name":"shell_sleep","tasks":[
+        {"id":"sleeper","type":"shell","env":{"DIR":"${params.dir}"},
+         "command":"sleep 60 & echo $! > \"$DIR/child.pid.tmp\"; mv \"$DIR/child.pid.tmp\" \"$DIR/child.pid\"; echo $$ > \"$DIR/shell.pid.tmp\"; mv \"$DIR/shell.pid.tmp\" \"$DIR/shell.pid\"; wait"}]}"#;
+    Dag::from_ir_json(ir).unwrap_or_else(|e| panic!("shell sleep IR: {e}"))
+}
+
 /// A child engine process running one job, to be killed.
 #[derive(Debug)]
 pub struct Victim {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use cascade_core::{Cascade, Dag, Event, EventStream, Job, TaskEventKind};
-pub use cascade_store::testing::{TestDb, postgres_url, sqlite_url};
+pub use cascade_store::testing::{TestDb, execute_sql, postgres_url, sqlite_url};
 use tokio_stream::StreamExt;
 
 /// Runs an async test body once per backend: `name::sqlite` and

@@ -1,9 +1,10 @@
 //! The process the crash-recovery tests kill with SIGKILL: starts an engine,
 //! triggers one job, prints `job <id>` and runs until killed.
 //!
-//! Usage: `cascade-crash-child <database-url> <mid_task|retry_backoff> <dir> [lease-secs]`
+//! Usage: `cascade-crash-child <database-url> <scenario> <dir> [lease-secs]`
 //! (the lease defaults to 1 s, so that a test's engine takes the job over
 //! soon after the kill even without knowing that the process is gone).
+//! Scenarios: `mid_task`, `retry_backoff`, `shell_env`, `shell_sleep`.
 
 use cascade_core::Cascade;
 use cascade_tests::crash::{self, Role};
@@ -16,10 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [_, url, scenario, dir] => (url, scenario, dir, 1),
         [_, url, scenario, dir, lease] => (url, scenario, dir, lease.parse()?),
         _ => {
-            return Err(
-                "usage: cascade-crash-child <database-url> <mid_task|retry_backoff> <dir> [lease-secs]"
-                    .into(),
-            );
+            return Err("usage: cascade-crash-child <database-url> <scenario> <dir> [lease-secs]".into());
         }
     };
     let cascade = Cascade::builder()
@@ -31,6 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dag = match scenario.as_str() {
         "mid_task" => crash::mid_task_dag(Role::Victim),
         "retry_backoff" => crash::retry_backoff_dag(),
+        "shell_env" => crash::shell_env_dag(),
+        "shell_sleep" => crash::shell_sleep_dag(),
         other => return Err(format!("unknown scenario {other}").into()),
     };
     let record = cascade.register_dag(dag).await?;

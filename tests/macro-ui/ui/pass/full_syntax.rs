@@ -65,7 +65,8 @@ dag! {
             on_failure: notify_ops, on_success: log_ok, on_retry: log_retry,
         },
         cleanup: {
-            type: shell, command: "rm -rf /tmp/etl", env: { "RUST_LOG": "info" }, cwd: "/tmp",
+            type: shell, command: "rm -rf /tmp/etl", cwd: "/tmp", clean_env: true,
+            env: { "RUST_LOG": "info", "REGION": "${params.region}", "ROWS": "${upstream.load.rows}" },
             depends_on: [load],
         },
     }
@@ -105,6 +106,8 @@ fn main() {
     assert_eq!(tasks[3]["command"], "rm -rf /tmp/etl");
     assert_eq!(tasks[3]["env"]["RUST_LOG"], "info");
     assert_eq!(tasks[3]["cwd"], "/tmp");
+    assert_eq!(tasks[3]["clean_env"], true);
+    assert_eq!(tasks[3]["env"]["REGION"], "${params.region}");
     assert_eq!(ir["topological_order"], json!(["extract", "transform", "load", "cleanup"]));
     assert_eq!(dag.name(), "etl_pipeline");
     assert!(dag.missing_handlers().is_empty(), "{:?}", dag.missing_handlers());

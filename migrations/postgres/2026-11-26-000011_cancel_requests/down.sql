@@ -1,0 +1,1 @@
+ALTER TABLE cascade.jobs DROP COLUMN cancel_requested_at;

@@ -1,0 +1,205 @@
+//! Shell tasks and the engine process around them, with a real child engine
+//! process: the engine's secrets stay out of a task's environment, and a
+//! shell task dies with an engine killed by SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade_core::{JobId, JobStatus, Store, TaskStatus};
+use cascade_tests::backend_tests;
+
+backend_tests!(
+    shell_tasks_do_not_see_the_engine_secrets,
+    shell_tasks_die_with_the_engine
+);
+
+struct Engine {
+    child: Child,
+    job_id: JobId,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("cascade-shell-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Starts an engine process running `scenario` with extra environment
+/// variables, and reads the id of the job it triggered.
+fn start_engine(url: &str, scenario: &str, dir: &Path, env: &[(&str, &str)]) -> Engine {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade-crash-child"))
+        .args([url, scenario, &dir.display().to_string()])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the engine process");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the job id");
+    let job_id = line
+        .trim()
+        .strip_prefix("job ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the engine said {line:?}"));
+    Engine { child, job_id }
+}
+
+/// `NAME=value` lines of `env` output, as (name, value).
+fn variables(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+async fn shell_tasks_do_not_see_the_engine_secrets(url: &str) {
+    let dir = temp_dir("env");
+    let engine = start_engine(
+        url,
+        "shell_env",
+        &dir,
+        &[
+            ("DATABASE_URL", url),
+            ("PGPASSWORD", "hunter2"),
+            ("MY_SERVICE_TOKEN", "tok-123"),
+            ("CASCADE_WORKERS", "2"),
+            ("APP_MODE", "visible"),
+        ],
+    );
+    let store = Store::open(Some(url)).await.expect("store");
+    let start = Instant::now();
+    let job = loop {
+        let job = store.get_job(engine.job_id).await.expect("job");
+        if job.status.is_terminal() {
+            break job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job.status, JobStatus::Success);
+    let rows = store
+        .list_task_executions_for_job(engine.job_id)
+        .await
+        .expect("tasks");
+    let env_of = |task: &str| {
+        let row = rows.iter().find(|r| r.task_id == task).expect("row");
+        assert_eq!(row.status, TaskStatus::Success);
+        let stdout = row.result.as_ref().expect("result")["stdout"]
+            .as_str()
+            .expect("stdout")
+            .to_owned();
+        variables(&stdout)
+    };
+    let names = |vars: &[(String, String)]| vars.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let value =
+        |vars: &[(String, String)], name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+
+    let inherited = env_of("inherited");
+    for secret in [
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "MY_SERVICE_TOKEN",
+        "CASCADE_WORKERS",
+    ] {
+        assert!(
+            !names(&inherited).iter().any(|n| n == secret),
+            "{secret} reached the shell task: {inherited:?}"
+        );
+    }
+    assert!(
+        !inherited
+            .iter()
+            .any(|(_, v)| v.contains("hunter2") || v.contains("tok-123")),
+        "a secret's value reached the shell task"
+    );
+    assert_eq!(value(&inherited, "APP_MODE").as_deref(), Some("visible"));
+    assert_eq!(
+        value(&inherited, "FROM_TASK").as_deref(),
+        Some(dir.display().to_string().as_str())
+    );
+    assert_eq!(value(&inherited, "CASCADE_TASK_ID").as_deref(), Some("inherited"));
+    assert_eq!(
+        value(&inherited, "CASCADE_PARAMS"),
+        Some(serde_json::json!({ "dir": dir.display().to_string() }).to_string())
+    );
+
+    let clean = env_of("clean");
+    assert_eq!(value(&clean, "APP_MODE"), None, "clean_env kept APP_MODE");
+    assert!(value(&clean, "PATH").is_some(), "clean_env dropped PATH");
+    assert_eq!(value(&clean, "FROM_TASK").as_deref(), Some("yes"));
+    assert_eq!(value(&clean, "CASCADE_TASK_ID").as_deref(), Some("clean"));
+    assert_eq!(value(&clean, "CASCADE_UPSTREAM").as_deref(), Some("{}"));
+    assert_eq!(value(&clean, "DATABASE_URL"), None);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a process is gone: no such pid, or a zombie nobody reaped yet
+/// (the container's init may not reap orphans).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) state …`; comm may hold spaces or parentheses.
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+async fn shell_tasks_die_with_the_engine(url: &str) {
+    let dir = temp_dir("death");
+    let mut engine = start_engine(url, "shell_sleep", &dir, &[]);
+    let start = Instant::now();
+    let (shell, sleeper) = loop {
+        if let (Some(shell), Some(sleeper)) =
+            (read_pid(&dir.join("shell.pid")), read_pid(&dir.join("child.pid")))
+        {
+            break (shell, sleeper);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the shell task never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!process_gone(shell) && !process_gone(sleeper));
+
+    engine.child.kill().expect("SIGKILL the engine");
+    engine.child.wait().expect("reap the engine");
+    let killed = Instant::now();
+    while !(process_gone(shell) && process_gone(sleeper)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the shell task outlived its engine: shell {shell} gone {}, sleep {sleeper} gone {}",
+            process_gone(shell),
+            process_gone(sleeper)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
