@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus, EventStream, Topic, WorkerEvent, WorkerEventKind};
+use crate::limits::{self, Limits, MAX_RESULT_BYTES_CEILING};
 use crate::owner::{self, OrphanedJob};
 use crate::scheduler::RemoteTaskUpdate;
 use crate::scheduler::{ActiveJobs, CancelReply, Command, RegisteredDag, Scheduler, SchedulerConfig};
@@ -65,6 +66,10 @@ pub enum Role {
 /// Default interval between a worker's heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Default of [`CascadeBuilder::max_lost`]: a task may lose its worker this
+/// many times; the next loss fails it.
+pub const DEFAULT_MAX_LOST: u32 = 3;
+
 /// Configures and starts a [`Cascade`] engine.
 ///
 /// ```no_run
@@ -94,6 +99,8 @@ pub struct CascadeBuilder {
     capacity: Option<usize>,
     heartbeat_interval: Option<Duration>,
     poll_interval: Option<Duration>,
+    max_result_bytes: Option<usize>,
+    max_lost: Option<u32>,
 }
 
 impl CascadeBuilder {
@@ -197,6 +204,35 @@ impl CascadeBuilder {
         self
     }
 
+    /// The most bytes a task's result, or a job's params, may take as JSON
+    /// (default [`DEFAULT_MAX_RESULT_BYTES`](crate::DEFAULT_MAX_RESULT_BYTES),
+    /// 2 MiB; at most 128 MiB). A larger result fails its task, without a
+    /// retry, with an error such as `result is 3145728 bytes, over
+    /// max_result_bytes 2097152`; larger params are refused by
+    /// [`Cascade::trigger_job`] with [`Error::InvalidParams`]. Keep large
+    /// data elsewhere (files, object storage) and pass a reference.
+    ///
+    /// Results and params are also refused, whatever their size, when a
+    /// string or key holds a NUL character (`\u0000`) or when they are nested
+    /// more than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) levels deep.
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = Some(bytes);
+        self
+    }
+
+    /// How many times a task may be lost — its worker stopped heartbeating
+    /// while running it (killed, hung, cut off from the database) — before
+    /// the next loss fails it with the error `lost N times (max_lost M)`
+    /// instead of handing it to another worker (default
+    /// [`DEFAULT_MAX_LOST`], 3). Stops a task that kills every worker it
+    /// runs on from going round forever. Applies in distributed mode, where
+    /// the leading scheduler reaps lapsed leases; every loss is kept in the
+    /// attempt history with status [`TaskStatus::Lost`].
+    pub fn max_lost(mut self, max_lost: u32) -> Self {
+        self.max_lost = Some(max_lost);
+        self
+    }
+
     /// Opens the store (running migrations) and starts the engine.
     #[tracing::instrument(skip(self), err)]
     pub async fn build(self) -> Result<Cascade> {
@@ -220,6 +256,17 @@ impl CascadeBuilder {
                 ),
             });
         }
+        let max_result_bytes = self.max_result_bytes.unwrap_or(crate::DEFAULT_MAX_RESULT_BYTES);
+        if max_result_bytes == 0 || max_result_bytes > MAX_RESULT_BYTES_CEILING {
+            return Err(Error::Config {
+                reason: format!(
+                    "max_result_bytes({max_result_bytes}) must be between 1 and {MAX_RESULT_BYTES_CEILING} \
+                     (128 MiB); keep large data outside the store and pass a reference"
+                ),
+            });
+        }
+        let limits = Limits { max_result_bytes };
+        let max_lost = self.max_lost.unwrap_or(DEFAULT_MAX_LOST);
         let poll_interval = self
             .poll_interval
             .unwrap_or(Duration::from_secs(1))
@@ -253,6 +300,7 @@ impl CascadeBuilder {
                 worker_id: worker_id.clone(),
                 cancel_grace,
                 remote_dispatch: role == Role::Scheduler,
+                limits,
                 active: active.clone(),
             },
             StateManager::new(store.clone()),
@@ -282,6 +330,8 @@ impl CascadeBuilder {
                 worker_wakeup: Notify::new(),
                 worker_cancels,
                 is_leader: AtomicBool::new(!distributed),
+                limits,
+                max_lost,
                 worker_drained: Mutex::new(None),
                 membership: Mutex::new(None),
             }),
@@ -486,6 +536,10 @@ pub(crate) struct Inner {
     worker_drained: Mutex<Option<oneshot::Receiver<()>>>,
     /// An all-in-one engine's registration in the `workers` table.
     membership: Mutex<Option<JoinHandle<()>>>,
+    /// What task results and job params may be.
+    pub(crate) limits: Limits,
+    /// How often a task may be lost before the reaper fails it.
+    pub(crate) max_lost: u32,
 }
 
 impl Drop for Inner {
@@ -826,6 +880,8 @@ impl Cascade {
         if self.inner.commands.is_closed() {
             return Err(Error::ShutDown);
         }
+        limits::check_value(&params, self.inner.limits)
+            .map_err(|violation| Error::InvalidParams { violation })?;
         let Some(dag) = self.registered(dag_id) else {
             return Err(match self.inner.store.get_dag(dag_id).await {
                 Ok(record) => Error::DagNotRegistered {

@@ -3,7 +3,7 @@
 use cascade_ir::IrError;
 use cascade_store::StoreError;
 
-use crate::{DagId, JobId, JobStatus};
+use crate::{DagId, JobId, JobStatus, LimitViolation};
 
 /// What went wrong in a call to the [`Cascade`](crate::Cascade) engine.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,14 @@ pub enum Error {
     Config {
         /// What is wrong and what to do.
         reason: String,
+    },
+    /// The job's params break a limit on what the store holds (see
+    /// [`CascadeBuilder::max_result_bytes`](crate::CascadeBuilder::max_result_bytes));
+    /// no job was created.
+    #[error("job params rejected: their JSON {violation}; fix them and trigger again")]
+    InvalidParams {
+        /// Which limit, and by how much.
+        violation: LimitViolation,
     },
     /// The store failed.
     #[error(transparent)]

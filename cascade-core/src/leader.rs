@@ -1,7 +1,7 @@
 //! Leader election among the engines that share a PostgreSQL database: the
 //! holder of an advisory lock fires cron ticks and runs the reaper, which
-//! returns the tasks of dead workers (lapsed leases) to the queue and marks
-//! those workers lost. When the leader dies its connection closes, the lock
+//! returns the tasks of dead workers (lapsed leases) to the queue — or fails
+//! those lost more than `max_lost` times — and marks those workers lost. When the leader dies its connection closes, the lock
 //! is freed, and another engine takes over at its next try.
 
 use std::sync::Weak;
@@ -11,9 +11,10 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::TaskStatus;
 use crate::bridge::{self, DONE_CHANNEL, READY_CHANNEL};
 use crate::engine::{Cascade, Inner};
-use crate::events::{Event, WorkerEvent, WorkerEventKind};
+use crate::events::{Event, TaskEvent, TaskEventKind, WorkerEvent, WorkerEventKind};
 use crate::scheduler::RemoteTaskUpdate;
 
 /// The advisory lock key of Cascade's leader (distinct from the migration lock).
@@ -61,41 +62,68 @@ pub(crate) async fn run_leader(
     }
 }
 
-/// Returns tasks whose lease lapsed to the queue and declares silent workers lost.
+/// Returns tasks whose lease lapsed to the queue (failing those lost more
+/// than `max_lost` times) and declares silent workers lost.
 async fn reap(cascade: &Cascade, worker_timeout: Duration) {
     let now = Utc::now();
-    match cascade.raw_store().requeue_expired_tasks(now, 500).await {
+    let max_lost = cascade.inner().max_lost;
+    match cascade.raw_store().reap_expired_tasks(now, 500, max_lost).await {
         Ok(rows) if !rows.is_empty() => {
             let mut batch = cascade_store::TransitionBatch::default();
             for row in &rows {
-                tracing::warn!(
-                    job.id = %row.job_id, task.id = %row.task_id, lost_count = row.lost_count,
-                    "lease lapsed: task returned to the queue (infrastructure loss, not an attempt)"
-                );
+                let attempt = row.attempt;
+                if row.status == TaskStatus::Failed {
+                    tracing::error!(
+                        job.id = %row.job_id, task.id = %row.task_id, lost_count = row.lost_count, max_lost,
+                        "lease lapsed once too often: task failed"
+                    );
+                    // Its job's scheduler learns of it from the notification
+                    // below (or its polling) and settles the job.
+                    let dag_id = cascade.store().get_job(row.job_id).await.map(|job| job.dag_id);
+                    if let Ok(dag_id) = dag_id {
+                        cascade.publish(Event::Task(TaskEvent {
+                            kind: TaskEventKind::Failed,
+                            job_id: row.job_id,
+                            dag_id,
+                            task_id: row.task_id.clone(),
+                            status: TaskStatus::Failed,
+                            attempt,
+                            error: row.error.clone(),
+                            timestamp: now,
+                        }));
+                    }
+                } else {
+                    tracing::warn!(
+                        job.id = %row.job_id, task.id = %row.task_id, lost_count = row.lost_count, status = %row.status,
+                        "lease lapsed: task taken back (infrastructure loss, not an attempt)"
+                    );
+                }
                 let update = RemoteTaskUpdate {
                     job_id: row.job_id,
                     task_id: row.task_id.clone(),
                     token: row.fencing_token,
-                    attempt: row.attempt,
+                    attempt,
                     status: row.status,
-                    error: None,
+                    error: row.error.clone().filter(|_| row.status == TaskStatus::Failed),
                     next_attempt_at: None,
                 };
                 batch.notifications.push(cascade_store::Notification {
                     channel: DONE_CHANNEL.to_owned(),
                     payload: bridge::done_payload(&update),
                 });
-                batch.notifications.push(cascade_store::Notification {
-                    channel: READY_CHANNEL.to_owned(),
-                    payload: row.queue.clone(),
-                });
+                if row.status == TaskStatus::Queued {
+                    batch.notifications.push(cascade_store::Notification {
+                        channel: READY_CHANNEL.to_owned(),
+                        payload: row.queue.clone(),
+                    });
+                }
             }
             if let Err(error) = cascade.raw_store().commit_transitions(&batch).await {
                 tracing::warn!(%error, "could not announce re-queued tasks; workers find them by polling");
             }
         }
         Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "reaper could not re-queue expired tasks"),
+        Err(error) => tracing::warn!(%error, "reaper could not take back expired tasks"),
     }
     let stale_before =
         now - chrono::Duration::from_std(worker_timeout).unwrap_or(chrono::Duration::seconds(15));

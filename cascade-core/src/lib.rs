@@ -54,6 +54,7 @@ mod error;
 mod events;
 mod leader;
 mod leases;
+mod limits;
 mod owner;
 mod runner;
 mod scheduler;
@@ -73,12 +74,13 @@ pub use cascade_store::{
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{
     Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_LEASE, DEFAULT_SHUTDOWN_TIMEOUT, Role, WAIT_POLL_MAX,
+    DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_SHUTDOWN_TIMEOUT, Role, WAIT_POLL_MAX,
 };
 pub use error::{Error, Result};
 pub use events::{
     Event, EventStream, JobEvent, JobEventKind, TaskEvent, TaskEventKind, Topic, WorkerEvent, WorkerEventKind,
 };
+pub use limits::{DEFAULT_MAX_RESULT_BYTES, LimitViolation, MAX_JSON_DEPTH};
 pub use owner::{OrphanReason, OrphanedJob};
 pub use state::{JobState, TaskState};
 pub use task::{

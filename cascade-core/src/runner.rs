@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::JobId;
 use crate::dag::Handler;
+use crate::limits::{self, Limits};
 use crate::scheduler::Command;
 use crate::task::{TaskContext, TaskError, TaskErrorKind};
 
@@ -48,6 +49,8 @@ pub(crate) struct Attempt {
     pub(crate) context: TaskContext,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cancellation: CancellationToken,
+    /// What a result may be; checked here, where it enters the engine.
+    pub(crate) limits: Limits,
 }
 
 /// Starts an attempt and returns the handle that aborts its handler.
@@ -60,6 +63,7 @@ pub(crate) fn spawn(attempt: Attempt, reports: mpsc::Sender<Command>) -> AbortHa
         context,
         timeout,
         cancellation,
+        limits,
     } = attempt;
     let span = tracing::info_span!(
         "task",
@@ -92,12 +96,18 @@ pub(crate) fn spawn(attempt: Attempt, reports: mpsc::Sender<Command>) -> AbortHa
                         timeout.map_or(0, |t| t.as_secs())
                     ),
                 )),
-                Some(Ok(Ok(value))) => Outcome::Success(value),
-                Some(Ok(Err(error))) => Outcome::Failed(error),
-                Some(Err(join_error)) if join_error.is_panic() => Outcome::Failed(TaskError::with_kind(
-                    TaskErrorKind::Panicked,
-                    format!("handler panicked: {}", panic_message(join_error.into_panic())),
-                )),
+                // A result that breaks a limit fails here, on both the
+                // all-in-one and the worker path, before any store sees it.
+                Some(Ok(returned)) => match limits::check_outcome(returned, limits) {
+                    Ok(value) => Outcome::Success(value),
+                    Err(error) => Outcome::Failed(error),
+                },
+                Some(Err(join_error)) if join_error.is_panic() => {
+                    Outcome::Failed(limits::sanitize_error(TaskError::with_kind(
+                        TaskErrorKind::Panicked,
+                        format!("handler panicked: {}", panic_message(join_error.into_panic())),
+                    )))
+                }
                 Some(Err(_)) => Outcome::Aborted,
             };
             let completion = Completion {

@@ -10,14 +10,14 @@
 //! out-degree.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_ir::{TaskKind, TriggerRule, ValidDag};
 use cascade_store::{
-    DagRecord, Job, JobTransition, Notification, TaskAttempt, TaskChanges, TaskExecution, TaskTransition,
-    TransitionBatch,
+    DagRecord, ErrorKind, Job, JobTransition, Notification, StoreError, TaskAttempt, TaskChanges,
+    TaskExecution, TaskTransition, TransitionBatch,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -28,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dag::{Callback, Dag, Handler};
 use crate::events::{Event, EventBus, JobEvent, JobEventKind, TaskEvent, TaskEventKind};
+use crate::limits::Limits;
 use crate::runner::{self, Attempt, Completion, Outcome};
 use crate::shell;
-use crate::state::{JobState, StateManager, TaskState};
+use crate::state::{JobState, RowCommit, StateManager, TaskState};
 use crate::task::{
     BoxFuture, CallbackContext, CallbackEvent, Lineage, TaskContext, TaskError, TaskErrorKind, TaskResult,
 };
@@ -38,6 +39,10 @@ use crate::{JobId, JobStatus, TaskStatus};
 
 /// Most commands folded into one commit.
 const MAX_BATCH: usize = 4096;
+
+/// How often a job whose transitions the store refuses is repaired and
+/// resumed before it is left detached.
+const MAX_REPAIRS: u32 = 3;
 
 /// A DAG registered in this engine: its stored record, its plan and its
 /// handlers, indexed by task for dispatch without lookups.
@@ -199,6 +204,8 @@ pub(crate) struct SchedulerConfig {
     /// Distributed mode: ready tasks are queued in the store for worker
     /// processes to claim instead of running here.
     pub(crate) remote_dispatch: bool,
+    /// What a task's result may be.
+    pub(crate) limits: Limits,
     /// The jobs this scheduler runs, shared with the lease keeper, which
     /// renews exactly these.
     pub(crate) active: ActiveJobs,
@@ -461,6 +468,8 @@ pub(crate) struct Scheduler {
     draining: bool,
     abandoning: bool,
     shutdown_reply: Option<oneshot::Sender<()>>,
+    /// How often each job's transitions were refused by the store.
+    repairs: HashMap<JobId, u32>,
 }
 
 impl Scheduler {
@@ -489,6 +498,7 @@ impl Scheduler {
             draining: false,
             abandoning: false,
             shutdown_reply: None,
+            repairs: HashMap::new(),
         }
     }
 
@@ -1500,15 +1510,35 @@ impl Scheduler {
 
     async fn commit(&mut self, batch: Batch) {
         let Batch { store, effects, .. } = batch;
-        let outcome = match self.state.commit(&store).await {
-            Ok(outcome) => outcome,
+        let committed = match self.state.commit(&store).await {
+            Ok(committed) => committed,
             Err(error) => {
                 tracing::error!(%error, "could not commit state; detaching the affected jobs (they resume when an engine restarts)");
                 self.detach(&store);
                 return;
             }
         };
+        // Jobs whose transitions were not committed: only they are affected,
+        // the rest of the batch stands.
+        let mut uncommitted: HashSet<JobId> = HashSet::new();
+        for failed in committed.failed {
+            for &job_id in &failed.job_ids {
+                uncommitted.insert(job_id);
+                if failed.error.kind() == ErrorKind::Unavailable {
+                    tracing::error!(job.id = %job_id, error = %failed.error, "could not commit state; detaching the job (it resumes when an engine restarts)");
+                    self.detach_job(job_id);
+                } else {
+                    self.quarantine(job_id, &failed.error, &store);
+                }
+            }
+        }
+        let outcome = committed.outcome;
         for (guard, effect) in effects {
+            if !uncommitted.is_empty()
+                && effect_job(&effect).is_some_and(|job_id| uncommitted.contains(&job_id))
+            {
+                continue;
+            }
             let won = match guard {
                 Guard::Always => true,
                 Guard::Task(i) => outcome.tasks.get(i).copied().unwrap_or(false),
@@ -1569,6 +1599,7 @@ impl Scheduler {
                 cancel_waiters,
             } => {
                 self.jobs.remove(&job_id);
+                self.repairs.remove(&job_id);
                 self.config.active.remove(job_id);
                 for waiter in waiters {
                     let _ = waiter.send(true);
@@ -1622,6 +1653,7 @@ impl Scheduler {
                 context,
                 timeout: plan_task.timeout,
                 cancellation: cancellation.clone(),
+                limits: self.config.limits,
             },
             reports,
         );
@@ -1645,6 +1677,87 @@ impl Scheduler {
         for job_id in ids {
             self.detach_job(job_id);
         }
+    }
+
+    /// Handles a job whose transitions the store refused for a reason of
+    /// their own (a value it cannot hold): the job stops running here, then,
+    /// in the background, its task transitions from the batch are committed
+    /// one by one, a refused outcome being replaced by a failure of its task
+    /// that says why, and the job is resumed from what is stored. A job
+    /// refused again and again is left detached (it resumes when an engine
+    /// restarts).
+    fn quarantine(&mut self, job_id: JobId, error: &StoreError, store: &TransitionBatch) {
+        let Some(dag) = self.jobs.get(&job_id).map(|job| Arc::clone(&job.dag)) else {
+            return;
+        };
+        let repairs = self.repairs.entry(job_id).or_insert(0);
+        *repairs += 1;
+        let repairs = *repairs;
+        tracing::error!(
+            job.id = %job_id, error = %crate::state::error_chain(error), repairs,
+            "the store refused this job's transitions; the other jobs of the batch are committed"
+        );
+        self.detach_job(job_id);
+        if repairs > MAX_REPAIRS {
+            tracing::error!(job.id = %job_id, "the store keeps refusing this job; it stays detached");
+            return;
+        }
+        let transitions: Vec<TaskTransition> = store
+            .tasks
+            .iter()
+            .filter(|t| t.job_id == job_id)
+            .cloned()
+            .collect();
+        let state = self.state.clone();
+        let reports = self.reports.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let results = state.commit_each(transitions, |_| Vec::new()).await;
+            for result in &results {
+                match result {
+                    Some(RowCommit {
+                        transition,
+                        won: true,
+                        replaced: true,
+                    }) => events.publish(Event::Task(TaskEvent {
+                        kind: TaskEventKind::Failed,
+                        job_id,
+                        dag_id: dag.record.id,
+                        task_id: transition.task_id.clone(),
+                        status: TaskStatus::Failed,
+                        attempt: transition
+                            .changes
+                            .record_attempt
+                            .as_ref()
+                            .map_or(0, |a| a.attempt),
+                        error: transition.changes.error.clone(),
+                        timestamp: Utc::now(),
+                    })),
+                    Some(_) => {}
+                    None => {
+                        tracing::error!(job.id = %job_id, "could not settle the job's refused transitions; it resumes when an engine restarts");
+                        return;
+                    }
+                }
+            }
+            let store = state.store();
+            let (job, tasks) = match (
+                store.get_job(job_id).await,
+                store.list_task_executions_for_job(job_id).await,
+            ) {
+                (Ok(job), Ok(tasks)) => (job, tasks),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::error!(job.id = %job_id, %error, "could not read the job back; it resumes when an engine restarts");
+                    return;
+                }
+            };
+            if job.status.is_terminal() {
+                return;
+            }
+            if let Some(reports) = reports.upgrade() {
+                let _ = reports.send(Command::Resume { job, dag, tasks }).await;
+            }
+        });
     }
 
     /// Stops running a job here: its attempts are stopped and its waiters
@@ -1685,6 +1798,15 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The job an effect belongs to.
+fn effect_job(effect: &Effect) -> Option<JobId> {
+    match effect {
+        Effect::Spawn { job_id, .. } | Effect::Finished { job_id, .. } => Some(*job_id),
+        Effect::Publish(event) => event.job_id(),
+        Effect::Callback(_, ctx) => Some(ctx.job_id),
     }
 }
 

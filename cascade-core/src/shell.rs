@@ -357,10 +357,21 @@ async fn run(ctx: TaskContext, spec: Arc<ShellSpec>) -> TaskResult {
     reap(&mut watchdog).await;
     drop(files);
     let stdout = stdout.await.unwrap_or_default();
-    let stderr = stderr.await.unwrap_or_default();
+    // Diagnostics only: a NUL there is shown as U+FFFD rather than failing a
+    // command that succeeded.
+    let stderr = stderr.await.unwrap_or_default().replace('\0', "\u{FFFD}");
     let status = status.map_err(|e| TaskError::new(format!("waiting for the shell command failed: {e}")))?;
     let output = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     match status.code() {
+        // The result is text that the store keeps; binary output is refused
+        // here, with a message that says what to do, rather than as a
+        // result that breaks a limit.
+        Some(0) if stdout.contains('\0') => Err(TaskError::fatal(format!(
+            "command wrote NUL bytes to stdout (at byte {}), which a task result cannot hold: \
+             encode binary output (e.g. pipe it through base64) or write it to a file",
+            stdout.find('\0').unwrap_or_default()
+        ))
+        .with_output(output)),
         Some(0) => Ok(json!({ "exit_code": 0, "stdout": stdout, "stderr": stderr })),
         Some(code @ (126 | 127)) => Err(TaskError::fatal(format!(
             "command exited with status {code} (not found or not executable): {}",

@@ -149,6 +149,17 @@ impl TaskError {
     pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
     }
+
+    /// The same error with its message and output rewritten (kind and source kept).
+    pub(crate) fn map_text(
+        mut self,
+        message: impl FnOnce(String) -> String,
+        output: impl FnOnce(String) -> String,
+    ) -> Self {
+        self.message = message(self.message);
+        self.output = self.output.map(output);
+        self
+    }
 }
 
 impl fmt::Debug for TaskError {

@@ -29,6 +29,7 @@ use crate::events::{Event, TaskEvent, TaskEventKind, WorkerEvent, WorkerEventKin
 use crate::runner::{self, Attempt, Completion, Outcome};
 use crate::scheduler::{Command, RegisteredDag, RemoteTaskUpdate, retry_decision};
 use crate::shell;
+use crate::state::{RowCommit, StateManager};
 use crate::task::{Lineage, TaskContext};
 use crate::{DagId, JobId};
 
@@ -441,6 +442,7 @@ async fn start(
             context,
             timeout: plan_task.timeout,
             cancellation: cancellation.clone(),
+            limits: cascade.inner().limits,
         },
         reports.clone(),
     );
@@ -490,10 +492,13 @@ fn plan_task_id(dag: &RegisteredDag, index: usize) -> String {
 }
 
 /// Commits the outcomes of finished attempts in one transaction; each is
-/// applied only if this worker still holds its task (fencing token).
+/// applied only if this worker still holds its task (fencing token). If the
+/// store refuses the batch for a reason that belongs to one row (a value it
+/// cannot hold), each outcome is committed on its own instead and the
+/// refused one becomes a failure of its task, so that the others stand and
+/// no task goes back to the queue over it.
 async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Completion)>, rng: &mut u64) {
-    let mut batch = TransitionBatch::default();
-    let mut reports = Vec::new();
+    let mut rows: Vec<(DagId, u32, TaskTransition)> = Vec::new();
     for (attempt, completion) in finished {
         let Running {
             dag,
@@ -541,16 +546,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
             // Stopped by a lapsed lease or a shutdown: the reaper settles the row.
             Outcome::Aborted => continue,
         };
-        let update = RemoteTaskUpdate {
-            job_id,
-            task_id: task_id.clone(),
-            token,
-            attempt: number,
-            status: to,
-            error: error.clone(),
-            next_attempt_at,
-        };
-        batch.tasks.push(TaskTransition {
+        let transition = TaskTransition {
             job_id,
             task_id: task_id.clone(),
             from: TaskStatus::Running,
@@ -563,38 +559,75 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 next_attempt_at,
                 record_attempt: Some(TaskAttempt {
                     job_id,
-                    task_id: task_id.clone(),
+                    task_id,
                     attempt: number,
                     status: to,
                     worker: Some(worker.to_owned()),
-                    error: error.clone(),
+                    error,
                     output,
                     started_at: Some(started_at),
                     finished_at: Some(finished_at),
                 }),
                 ..TaskChanges::default()
             },
-        });
-        batch.notifications.push(Notification {
-            channel: DONE_CHANNEL.to_owned(),
-            payload: bridge::done_payload(&update),
-        });
-        reports.push((dag.record.id, update, finished_at));
+        };
+        rows.push((dag.record.id, number, transition));
     }
-    if batch.tasks.is_empty() {
+    if rows.is_empty() {
         return;
     }
-    let outcome = match cascade.raw_store().commit_transitions(&batch).await {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            tracing::error!(
-                %error, tasks = batch.tasks.len(),
-                "could not commit outcomes; the tasks return to the queue when their leases lapse"
-            );
-            return;
-        }
+    let announce = |number: u32, transition: &TaskTransition| Notification {
+        channel: DONE_CHANNEL.to_owned(),
+        payload: bridge::done_payload(&update_of(number, transition)),
     };
-    for ((dag_id, update, finished_at), won) in reports.into_iter().zip(outcome.tasks) {
+    let batch = TransitionBatch {
+        tasks: rows.iter().map(|(_, _, t)| t.clone()).collect(),
+        jobs: Vec::new(),
+        notifications: rows.iter().map(|(_, n, t)| announce(*n, t)).collect(),
+    };
+    let committed: Vec<(DagId, u32, TaskTransition, bool)> =
+        match cascade.raw_store().commit_transitions(&batch).await {
+            Ok(outcome) => rows
+                .into_iter()
+                .zip(outcome.tasks)
+                .map(|((dag_id, number, transition), won)| (dag_id, number, transition, won))
+                .collect(),
+            Err(error) if error.kind() == cascade_store::ErrorKind::Unavailable => {
+                tracing::error!(
+                    %error, tasks = batch.tasks.len(),
+                    "could not commit outcomes; the tasks return to the queue when their leases lapse"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::state::error_chain(&error), tasks = batch.tasks.len(),
+                    "the store refused a batch of outcomes; committing each on its own"
+                );
+                let numbers: HashMap<(JobId, String), (DagId, u32)> = rows
+                    .iter()
+                    .map(|(dag_id, number, t)| ((t.job_id, t.task_id.clone()), (*dag_id, *number)))
+                    .collect();
+                let state = StateManager::new(cascade.raw_store().clone());
+                let results = state
+                    .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
+                        let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);
+                        vec![announce(number, t)]
+                    })
+                    .await;
+                results
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|RowCommit { transition, won, .. }| {
+                        let &(dag_id, number) =
+                            numbers.get(&(transition.job_id, transition.task_id.clone()))?;
+                        Some((dag_id, number, transition, won))
+                    })
+                    .collect()
+            }
+        };
+    for (dag_id, number, transition, won) in committed {
+        let update = update_of(number, &transition);
         if !won {
             tracing::warn!(
                 job.id = %update.job_id, task.id = %update.task_id, token = update.token,
@@ -617,7 +650,25 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
             status: update.status,
             attempt: update.attempt,
             error: update.error,
-            timestamp: finished_at,
+            timestamp: transition
+                .changes
+                .record_attempt
+                .as_ref()
+                .and_then(|a| a.finished_at)
+                .unwrap_or_else(Utc::now),
         }));
+    }
+}
+
+/// What the job's scheduler is told of a committed outcome.
+fn update_of(attempt: u32, transition: &TaskTransition) -> RemoteTaskUpdate {
+    RemoteTaskUpdate {
+        job_id: transition.job_id,
+        task_id: transition.task_id.clone(),
+        token: transition.fencing_token,
+        attempt,
+        status: transition.to,
+        error: transition.changes.error.clone(),
+        next_attempt_at: transition.changes.next_attempt_at,
     }
 }

@@ -23,9 +23,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::BoxFuture;
 
 use crate::connect::SqliteConn;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
+use crate::ids::JobId;
 use crate::json::JsonValue;
-use crate::model::{BatchOutcome, Notification};
+use crate::model::{BatchOutcome, Notification, SplitOutcome, TransitionBatch, UncommittedJobs};
 use crate::rows::{JobCas, NewTaskRow, TaskCas, job_cas_query};
 use crate::schema::{task_attempts, task_executions};
 
@@ -129,7 +130,8 @@ UPDATE task_executions AS t SET
     completed_at = CASE WHEN v.set_completed_at THEN v.completed_at ELSE t.completed_at END,
     next_attempt_at = CASE WHEN v.set_next_attempt_at THEN v.next_attempt_at ELSE t.next_attempt_at END,
     priority = coalesce(v.priority, t.priority),
-    retry_base = coalesce(v.retry_base, t.retry_base)
+    retry_base = coalesce(v.retry_base, t.retry_base),
+    lost_count = CASE WHEN v.retry_base IS NULL THEN t.lost_count ELSE 0 END
 FROM (
     SELECT v.*, r.id AS row_id
     FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
@@ -541,7 +543,8 @@ UPDATE task_executions SET
     completed_at = CASE WHEN ? THEN ? ELSE completed_at END,
     next_attempt_at = CASE WHEN ? THEN ? ELSE next_attempt_at END,
     priority = coalesce(?, priority),
-    retry_base = coalesce(?, retry_base)
+    retry_base = coalesce(?, retry_base),
+    lost_count = CASE WHEN ? IS NULL THEN lost_count ELSE 0 END
 WHERE job_id = ? AND task_id = ? AND status = ? AND fencing_token = ?";
 
 static SQLITE_TASK_CAS_PARTS: LazyLock<Vec<&'static str>> =
@@ -615,6 +618,7 @@ impl QueryFragment<Sqlite> for SqliteTaskCas<'_> {
             Of<t::next_attempt_at> => self.next_attempt_at,
             Nullable<Of<t::priority>> => set.priority,
             Nullable<Of<t::retry_base>> => set.retry_base,
+            Nullable<Of<t::retry_base>> => set.retry_base,
             Of<t::job_id> => cas.job_id,
             Of<t::task_id> => cas.task_id,
             Of<t::status> => cas.from,
@@ -655,6 +659,114 @@ pub(crate) fn sqlite_apply(
         outcome.jobs.push(job_cas_query!(cas).execute(c)? == 1);
     }
     Ok(outcome)
+}
+
+impl crate::Store {
+    /// Commits a batch of transitions so that one job's bad transition (a
+    /// value the store refuses, a constraint it breaks) cannot hold back the
+    /// other jobs in the batch. The whole batch is tried first, as ONE
+    /// transaction; if it fails, it is bisected by job: each half is tried
+    /// as a transaction of its own, and a half that fails again is split
+    /// further, down to single jobs. Every job's transitions thus commit or
+    /// fail together, in input order, and a batch with one bad job costs
+    /// about 2 × log2(jobs) transactions more than a healthy one.
+    ///
+    /// When the store is unavailable ([`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable))
+    /// splitting cannot help: the jobs not committed yet are reported
+    /// together with that error, and nothing more is tried.
+    ///
+    /// The batch's notifications are NOT sent: which of them still hold
+    /// depends on which jobs committed, so the caller sends those (with
+    /// [`Store::notify`](crate::Store::notify), or a batch of only
+    /// notifications). Never fails as a whole: see [`SplitOutcome::failed`].
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store, batch: cascade_store::TransitionBatch) {
+    /// let split = store.commit_transitions_by_job(&batch).await;
+    /// for failed in &split.failed {
+    ///     eprintln!("jobs {:?} not committed: {}", failed.job_ids, failed.error);
+    /// }
+    /// # }
+    /// ```
+    #[tracing::instrument(skip_all, fields(n_tasks = batch.tasks.len(), n_jobs = batch.jobs.len()))]
+    pub async fn commit_transitions_by_job(&self, batch: &TransitionBatch) -> SplitOutcome {
+        let mut split = SplitOutcome {
+            outcome: BatchOutcome {
+                tasks: vec![false; batch.tasks.len()],
+                jobs: vec![false; batch.jobs.len()],
+            },
+            failed: Vec::new(),
+        };
+        // Every job, in order of first appearance, with its transitions.
+        let mut order: Vec<JobId> = Vec::new();
+        let mut parts: HashMap<JobId, (Vec<usize>, Vec<usize>)> = HashMap::new();
+        let job_ids = batch.tasks.iter().map(|t| (t.job_id, true));
+        for (index, (job_id, is_task)) in job_ids
+            .enumerate()
+            .chain(batch.jobs.iter().map(|j| (j.job_id, false)).enumerate())
+        {
+            let part = parts.entry(job_id).or_insert_with(|| {
+                order.push(job_id);
+                (Vec::new(), Vec::new())
+            });
+            if is_task {
+                part.0.push(index);
+            } else {
+                part.1.push(index);
+            }
+        }
+        // Ranges of `order` still to commit; the first is on top.
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..order.len());
+        while let Some(range) = todo.pop() {
+            let mut tasks: Vec<usize> = Vec::new();
+            let mut jobs: Vec<usize> = Vec::new();
+            for job_id in &order[range.clone()] {
+                let (t, j) = &parts[job_id];
+                tasks.extend(t);
+                jobs.extend(j);
+            }
+            // Input order: a later transition of a row must see the earlier one.
+            tasks.sort_unstable();
+            jobs.sort_unstable();
+            let part = TransitionBatch {
+                tasks: tasks.iter().map(|&i| batch.tasks[i].clone()).collect(),
+                jobs: jobs.iter().map(|&i| batch.jobs[i].clone()).collect(),
+                notifications: Vec::new(),
+            };
+            match self.commit_transitions(&part).await {
+                Ok(outcome) => {
+                    for (&i, won) in tasks.iter().zip(outcome.tasks) {
+                        split.outcome.tasks[i] = won;
+                    }
+                    for (&i, won) in jobs.iter().zip(outcome.jobs) {
+                        split.outcome.jobs[i] = won;
+                    }
+                }
+                Err(error) if range.len() == 1 => {
+                    tracing::warn!(job.id = %order[range.start], %error, "a job's transitions were not committed");
+                    split.failed.push(UncommittedJobs {
+                        job_ids: vec![order[range.start]],
+                        error,
+                    });
+                }
+                Err(error) if error.kind() == ErrorKind::Unavailable => {
+                    let mut job_ids = order[range].to_vec();
+                    for rest in todo.drain(..).rev() {
+                        job_ids.extend_from_slice(&order[rest]);
+                    }
+                    split.failed.push(UncommittedJobs { job_ids, error });
+                }
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+            }
+        }
+        split
+    }
 }
 
 #[cfg(test)]

@@ -176,32 +176,52 @@ FROM claimed AS c
 JOIN jobs AS j ON j.id = c.job_id
 ORDER BY c.priority DESC, c.queued_at, c.id";
 
-/// Requeues running tasks whose lease lapsed before `$1`, at most `$2`, in
-/// one statement; rows another reaper holds are skipped. A task whose job
-/// has finished meanwhile is cancelled instead: nothing would run it.
-const PG_REQUEUE_EXPIRED: &str = "\
-UPDATE task_executions AS t SET
-    status = CASE WHEN expired.job_done THEN 'cancelled' ELSE 'queued' END,
-    lost_count = t.lost_count + 1,
-    fencing_token = t.fencing_token + 1,
-    worker = NULL,
-    lease_expires_at = NULL,
-    started_at = NULL,
-    completed_at = CASE WHEN expired.job_done THEN $1 ELSE t.completed_at END,
-    error = CASE WHEN expired.job_done
-        THEN 'cancelled: its job finished while its worker was lost' ELSE t.error END,
-    updated_at = $1
-FROM (
-    SELECT e.id, j.status IN ('success', 'failed', 'cancelled') AS job_done
+/// Takes back running tasks whose lease lapsed before `$1`, at most `$2`, in
+/// one statement; rows another reaper holds are skipped. Each becomes
+/// `queued` again, or `failed` once it has been lost more than `$3` times
+/// (`max_lost`), or `cancelled` if its job finished meanwhile (nothing would
+/// run it). Every such lost attempt is recorded in `task_attempts` with
+/// status `lost`, the worker that held it and when it started. All CTEs see
+/// the rows as they were before the update, so `expired` still has the lost
+/// attempt's worker and start.
+const PG_REAP_EXPIRED: &str = "\
+WITH expired AS (
+    SELECT e.id, e.job_id, e.task_id, e.attempt, e.worker, e.started_at,
+           j.status IN ('success', 'failed', 'cancelled') AS job_done,
+           e.lost_count + 1 > $3 AS too_often
     FROM task_executions AS e
     JOIN jobs AS j ON j.id = e.job_id
     WHERE e.status = 'running' AND e.lease_expires_at < $1
     ORDER BY e.lease_expires_at, e.id
     LIMIT $2
     FOR UPDATE OF e SKIP LOCKED
-) AS expired
-WHERE t.id = expired.id
-RETURNING t.*";
+), reaped AS (
+    UPDATE task_executions AS t SET
+        status = CASE WHEN x.job_done THEN 'cancelled' WHEN x.too_often THEN 'failed' ELSE 'queued' END,
+        lost_count = t.lost_count + 1,
+        fencing_token = t.fencing_token + 1,
+        worker = NULL,
+        lease_expires_at = NULL,
+        started_at = NULL,
+        completed_at = CASE WHEN x.job_done OR x.too_often THEN $1 ELSE t.completed_at END,
+        error = CASE
+            WHEN x.job_done THEN 'cancelled: its job finished while its worker was lost'
+            WHEN x.too_often THEN format('lost %s times (max_lost %s)', t.lost_count + 1, $3)
+            ELSE t.error END,
+        updated_at = $1
+    FROM expired AS x
+    WHERE t.id = x.id
+    RETURNING t.*
+), recorded AS (
+    INSERT INTO task_attempts (job_id, task_id, attempt, status, worker, error, started_at, finished_at)
+    SELECT x.job_id, x.task_id, x.attempt, 'lost', x.worker,
+           format('lost: worker %s stopped renewing the lease', coalesce(x.worker, '(none)')),
+           x.started_at, $1
+    FROM expired AS x
+    JOIN reaped AS r ON r.id = x.id
+    ORDER BY x.id
+)
+SELECT * FROM reaped";
 
 /// `status = 'running'` as a literal rather than a bind parameter, so that
 /// the planner can prove it matches the partial `task_executions_worker`
@@ -577,38 +597,87 @@ impl Store {
     /// every `running` task whose `lease_expires_at` is before `now` becomes
     /// `queued` again, in one statement (`FOR UPDATE SKIP LOCKED`, so several
     /// reapers on several nodes may run at once). Returns the updated rows.
-    /// A task whose job has already finished becomes `cancelled` instead
-    /// (with `completed_at` and an error saying why), since no scheduler
-    /// would settle it and [`Store::claim_tasks`] skips finished jobs.
-    ///
-    /// Each requeued task gets `lost_count + 1` and `fencing_token + 1` (so a
-    /// late completion from the lost worker loses its compare-and-set);
-    /// `worker`, `lease_expires_at` and `started_at` become NULL (the next
-    /// claim sets `started_at` again); `attempt` is unchanged: an
-    /// infrastructure loss does not use up a retry. Running tasks without a
-    /// lease (`lease_expires_at` NULL) are never reaped.
+    /// Like [`Store::reap_expired_tasks`] without `max_lost`: a task is
+    /// re-queued however often it was lost.
     ///
     /// PostgreSQL only: [`StoreError::Unsupported`] on SQLite.
     #[instrument(skip(self), err)]
     pub async fn requeue_expired_tasks(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TaskExecution>> {
-        let Pools::Pg(pool) = &self.inner.pools else {
+        if self.backend() != Backend::Postgres {
             return Err(self.unsupported("requeue_expired_tasks"));
+        }
+        self.reap_expired_tasks(now, limit, u32::MAX).await
+    }
+
+    /// Takes back up to `limit` tasks whose worker stopped renewing them,
+    /// failing those lost too often: every `running` task whose
+    /// `lease_expires_at` is before `now` is reaped, in one statement
+    /// (`FOR UPDATE SKIP LOCKED`, so several reapers on several nodes may run
+    /// at once). Returns the updated rows.
+    ///
+    /// Each reaped task gets `lost_count + 1` and `fencing_token + 1` (so a
+    /// late completion from the lost worker loses its compare-and-set);
+    /// `worker`, `lease_expires_at` and `started_at` become NULL (the next
+    /// claim sets `started_at` again); `attempt` is unchanged: an
+    /// infrastructure loss does not use up a retry. The lost attempt is
+    /// recorded in the attempt history with status
+    /// [`TaskStatus::Lost`](crate::TaskStatus::Lost), the worker that held it,
+    /// its start and `now` as its end. Then the task becomes:
+    ///
+    /// - `failed`, with `completed_at` and the error `lost N times (max_lost
+    ///   M)`, once its `lost_count` exceeds `max_lost`: a task whose attempts
+    ///   keep killing their worker stops being handed to the next one. Its
+    ///   job's scheduler settles the job like after any failed task;
+    /// - `cancelled` (with `completed_at` and an error saying why) if its job
+    ///   has already finished, since no scheduler would settle it and
+    ///   [`Store::claim_tasks`] skips finished jobs;
+    /// - `queued` again otherwise.
+    ///
+    /// Running tasks without a lease (`lease_expires_at` NULL) are never
+    /// reaped.
+    ///
+    /// PostgreSQL only: [`StoreError::Unsupported`] on SQLite.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn example(store: cascade_store::Store) -> cascade_store::Result<()> {
+    /// use cascade_store::TaskStatus;
+    ///
+    /// for task in store.reap_expired_tasks(chrono::Utc::now(), 500, 3).await? {
+    ///     if task.status == TaskStatus::Failed {
+    ///         eprintln!("{} failed: {:?}", task.task_id, task.error); // "lost 4 times (max_lost 3)"
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[instrument(skip(self), err)]
+    pub async fn reap_expired_tasks(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_lost: u32,
+    ) -> Result<Vec<TaskExecution>> {
+        let Pools::Pg(pool) = &self.inner.pools else {
+            return Err(self.unsupported("reap_expired_tasks"));
         };
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let query = diesel::sql_query(PG_REQUEUE_EXPIRED)
+        let query = diesel::sql_query(PG_REAP_EXPIRED)
             .bind::<Timestamp, _>(naive(now))
-            .bind::<BigInt, _>(limit);
+            .bind::<BigInt, _>(limit)
+            .bind::<Integer, _>(i32::try_from(max_lost).unwrap_or(i32::MAX));
         let rows: Vec<TaskRow> = self
             .bounded(1, async {
                 let mut conn = self.checkout_pg(pool).await?;
                 Ok(query.load(&mut *conn).await?)
             })
             .await
-            .map_err(|e| e.during("requeue_expired_tasks"))?;
+            .map_err(|e| e.during("reap_expired_tasks"))?;
         if !rows.is_empty() {
-            warn!(n = rows.len(), "tasks with lapsed leases requeued");
+            let failed = rows.iter().filter(|r| r.status == "failed").count();
+            warn!(n = rows.len(), failed, "tasks with lapsed leases reaped");
         }
         rows.into_iter().map(TaskExecution::try_from).collect()
     }

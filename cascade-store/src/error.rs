@@ -165,6 +165,22 @@ pub enum StoreError {
         value: String,
     },
 
+    /// A value given to the store cannot be stored as it is: text with a NUL
+    /// character (PostgreSQL refuses it, and it would cut the text short for
+    /// tools that read the SQLite file), or JSON nested deeper than it could
+    /// be read back. Nothing of the write it came with was applied.
+    #[error("cannot store {column}{}: {problem}", location(job_id.as_ref(), task_id.as_deref()))]
+    InvalidValue {
+        /// `table.column` the value was meant for.
+        column: &'static str,
+        /// The job it belongs to, if it has one yet.
+        job_id: Option<JobId>,
+        /// The task it belongs to, if any.
+        task_id: Option<String>,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// A store call did not finish within its deadline (derived from
     /// [`StoreOptions::statement_timeout`](crate::StoreOptions::statement_timeout)).
     ///
@@ -211,6 +227,7 @@ impl StoreError {
             | StoreError::SchemaTooNew { .. }
             | StoreError::Migration { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::InvalidValue { .. }
             | StoreError::Unsupported { .. } => ErrorKind::Other,
         }
     }
@@ -252,6 +269,16 @@ impl StoreError {
             *operation = name;
         }
         self
+    }
+}
+
+/// ` of job 3, task `t`` (or less) for [`StoreError::InvalidValue`].
+fn location(job_id: Option<&JobId>, task_id: Option<&str>) -> String {
+    match (job_id, task_id) {
+        (Some(job), Some(task)) => format!(" of job {job}, task `{task}`"),
+        (Some(job), None) => format!(" of job {job}"),
+        (None, Some(task)) => format!(" of task `{task}`"),
+        (None, None) => String::new(),
     }
 }
 

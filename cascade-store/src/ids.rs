@@ -204,6 +204,11 @@ status_enum!(
         Skipped => "skipped",
         /// Cancelled with its job.
         Cancelled => "cancelled",
+        /// Only in attempt records ([`TaskAttempt::status`](crate::TaskAttempt::status)),
+        /// never on a task row: the attempt's worker stopped renewing its
+        /// lease (it died, hung or lost the database) and the reaper took the
+        /// task back (see [`Store::reap_expired_tasks`](crate::Store::reap_expired_tasks)).
+        Lost => "lost",
     }
 );
 

@@ -83,6 +83,7 @@ mod rows;
 mod schema;
 mod store;
 mod url;
+mod values;
 
 #[cfg(any(test, feature = "__test-util"))]
 #[doc(hidden)]
@@ -92,8 +93,9 @@ pub use crate::error::{BoxError, ErrorKind, Result, StoreError};
 pub use crate::ids::{DagId, JobId, JobStatus, ParseIdError, ParseStatusError, TaskStatus};
 pub use crate::model::{
     AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedJob, DagRecord, DagVersion, Job,
-    JobDetails, JobFilter, JobTransition, NewDag, NewJob, NewTask, Notification, TaskAttempt, TaskChanges,
-    TaskExecution, TaskTransition, TransitionBatch, WorkerInfo, WorkerRecord, WorkerRole, WorkerState,
+    JobDetails, JobFilter, JobTransition, NewDag, NewJob, NewTask, Notification, SplitOutcome, TaskAttempt,
+    TaskChanges, TaskExecution, TaskTransition, TransitionBatch, UncommittedJobs, WorkerInfo, WorkerRecord,
+    WorkerRole, WorkerState,
 };
 pub use crate::options::{SqliteSynchronous, StoreOptions};
 pub use crate::reader::StoreReader;

@@ -130,9 +130,10 @@ pub struct TaskExecution {
     /// [`TaskChanges::priority`].
     pub priority: i32,
     /// How many times the task was taken back from a worker that stopped
-    /// heartbeating (see [`Store::requeue_expired_tasks`](crate::Store::requeue_expired_tasks)).
-    /// Counted apart from `attempt`: an infrastructure loss is not a failure
-    /// of the task.
+    /// heartbeating (see [`Store::reap_expired_tasks`](crate::Store::reap_expired_tasks)),
+    /// since it was created or last re-run. Counted apart from `attempt`: an
+    /// infrastructure loss is not a failure of the task, until it happens
+    /// more than `max_lost` times.
     pub lost_count: u32,
     /// Labels a worker must all have to claim the task (see
     /// [`ClaimRequest::labels`]); empty: any worker. Set at creation
@@ -338,7 +339,9 @@ pub struct TaskChanges {
     /// the task is queued.
     pub priority: Option<i32>,
     /// New retry base: the attempts made before a re-run, which the retry
-    /// budget does not count (see [`TaskExecution::retry_base`]).
+    /// budget does not count (see [`TaskExecution::retry_base`]). Setting it
+    /// also sets [`TaskExecution::lost_count`] back to 0: a re-run task may
+    /// be lost as often again as a new one.
     pub retry_base: Option<u32>,
 }
 
@@ -416,6 +419,30 @@ pub struct BatchOutcome {
     pub tasks: Vec<bool>,
     /// For each job transition, in input order: whether its compare-and-set won.
     pub jobs: Vec<bool>,
+}
+
+/// What [`Store::commit_transitions_by_job`](crate::Store::commit_transitions_by_job)
+/// did: which compare-and-sets won, and which jobs were not committed.
+#[derive(Debug, Default)]
+pub struct SplitOutcome {
+    /// Per transition, in input order, whether its compare-and-set won;
+    /// `false` for every transition of a job in [`failed`](Self::failed).
+    pub outcome: BatchOutcome,
+    /// The jobs whose transitions were not committed, with the reason.
+    pub failed: Vec<UncommittedJobs>,
+}
+
+/// Jobs whose transitions [`Store::commit_transitions_by_job`](crate::Store::commit_transitions_by_job)
+/// could not commit: ONE job whose transitions the store refused for a
+/// reason of their own (a value it cannot store, a constraint), or, when the
+/// store became unavailable ([`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)),
+/// every job that was not committed yet. None of their transitions applied.
+#[derive(Debug)]
+pub struct UncommittedJobs {
+    /// The jobs, in the order they first appear in the batch.
+    pub job_ids: Vec<JobId>,
+    /// Why they were not committed.
+    pub error: crate::StoreError,
 }
 
 /// A PostgreSQL notification (`NOTIFY channel, 'payload'`), sent with

@@ -370,6 +370,7 @@ pub(crate) struct TaskChangeset {
     pub(crate) next_attempt_at: Option<Option<NaiveDateTime>>,
     pub(crate) priority: Option<i32>,
     pub(crate) retry_base: Option<i32>,
+    pub(crate) lost_count: Option<i32>,
 }
 
 /// One task compare-and-set, owned and ready to run on either backend.
@@ -427,6 +428,8 @@ impl TaskCas {
                 next_attempt_at: outcome(next_attempt_at.map(naive), *clear_outcome),
                 priority: *priority,
                 retry_base: retry_base.map(stored),
+                // A re-run starts with its full budget of losses too.
+                lost_count: retry_base.map(|_| 0),
             },
             attempt: record_attempt.as_ref().map(NewAttemptRow::from),
         }

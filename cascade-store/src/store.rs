@@ -562,8 +562,12 @@ impl Store {
     /// Each task row gets its [`NewTask::priority`](crate::NewTask::priority)
     /// and [`NewTask::labels`](crate::NewTask::labels).
     /// If any row fails (for example a duplicate task id), nothing is written.
+    /// Params, texts and task rows that cannot be stored (a NUL character,
+    /// JSON nested deeper than can be read back) are refused with
+    /// [`StoreError::InvalidValue`].
     #[instrument(skip_all, fields(dag.id = %job.dag_id, n_tasks = job.tasks.len()), err)]
     pub async fn create_job(&self, job: NewJob) -> Result<CreatedJob> {
+        crate::values::check_new_job(&job)?;
         let job = &job;
         let dag_id = job.dag_id;
         let units = 1 + job.tasks.len() / ROWS_PER_UNIT;
@@ -1065,6 +1069,7 @@ impl Store {
     /// Compare-and-set on a job; `true` if the job was in `from` and is now in `to`.
     #[instrument(skip_all, fields(job.id = %transition.job_id, from = %transition.from, to = %transition.to), err)]
     pub async fn transition_job(&self, transition: JobTransition) -> Result<bool> {
+        crate::values::check_job(&transition)?;
         let cas = JobCas::new(&transition, naive(rows::now()));
         let n = write_one!(self, |c| rows::job_cas_query!(cas).execute(c).await)
             .map_err(|e| e.during("transition_job"))?;
@@ -1080,6 +1085,7 @@ impl Store {
     /// A stale writer (wrong state or token) changes nothing and gets `false`.
     #[instrument(skip_all, fields(job.id = %transition.job_id, task.id = %transition.task_id, from = %transition.from, to = %transition.to), err)]
     pub async fn transition_task(&self, transition: TaskTransition) -> Result<bool> {
+        crate::values::check_task(&transition)?;
         let cas = TaskCas::new(&transition, naive(rows::now()));
         let won = if cas.attempt.is_none() {
             // A single statement needs no explicit transaction.
@@ -1119,7 +1125,12 @@ impl Store {
     /// Task transitions apply in order (a later transition of the same task
     /// sees the earlier one), then job transitions. Attempt records are
     /// written only for winning task transitions. If the transaction fails,
-    /// nothing is applied and the error is returned.
+    /// nothing is applied and the error is returned; a value that cannot be
+    /// stored (a NUL character in a text or JSON string, JSON nested deeper
+    /// than can be read back) fails the whole batch with
+    /// [`StoreError::InvalidValue`] before anything is sent. To keep one
+    /// job's bad value from holding back the others, see
+    /// [`Store::commit_transitions_by_job`].
     ///
     /// On PostgreSQL the batch's [`notifications`](TransitionBatch::notifications)
     /// are sent with `pg_notify` in the same transaction, so listeners hear of
@@ -1133,6 +1144,12 @@ impl Store {
         };
         if batch.is_empty() && notifications.is_empty() {
             return Ok(BatchOutcome::default());
+        }
+        for transition in &batch.tasks {
+            crate::values::check_task(transition)?;
+        }
+        for transition in &batch.jobs {
+            crate::values::check_job(transition)?;
         }
         let at = naive(rows::now());
         let tasks: Vec<TaskCas> = batch.tasks.iter().map(|t| TaskCas::new(t, at)).collect();

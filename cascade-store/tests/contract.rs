@@ -1865,6 +1865,153 @@ mod cases {
         assert!(store.transition_task(done).await.unwrap());
     }
 
+    pub(super) async fn reap_records_lost_attempts_and_fails_after_max_lost(store: &Store) {
+        if store.backend() != Backend::Postgres {
+            let err = store.reap_expired_tasks(Utc::now(), 10, 3).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Unsupported {
+                        operation: "reap_expired_tasks",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            return;
+        }
+        let t0 = now_micros();
+        let dag = store.upsert_dag(new_dag("lost", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("x", TaskStatus::Queued)]))
+            .await
+            .unwrap()
+            .job;
+        store
+            .claim_tasks(&claim("w1", &["default"], &[dag.id], 1, t0))
+            .await
+            .unwrap();
+        // First loss (max_lost 1): back to the queue, the loss recorded.
+        let t1 = t0 + Duration::seconds(31);
+        let reaped = store.reap_expired_tasks(t1, 10, 1).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        assert_eq!((reaped[0].status, reaped[0].lost_count), (TaskStatus::Queued, 1));
+        assert_eq!(reaped[0].error, None);
+        let attempts = store.list_task_attempts(job.id, "x").await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        let lost = &attempts[0];
+        assert_eq!(
+            (lost.status, lost.worker.as_deref(), lost.attempt),
+            (TaskStatus::Lost, Some("w1"), 0)
+        );
+        assert_eq!((lost.started_at, lost.finished_at), (Some(t0), Some(t1)));
+        assert!(
+            lost.error.as_deref().is_some_and(|e| e.contains("w1")),
+            "{lost:?}"
+        );
+
+        // Second loss: one more than max_lost, so the task fails.
+        store
+            .claim_tasks(&claim("w2", &["default"], &[dag.id], 1, t1))
+            .await
+            .unwrap();
+        let t2 = t1 + Duration::seconds(31);
+        let reaped = store.reap_expired_tasks(t2, 10, 1).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        let failed = &reaped[0];
+        assert_eq!((failed.status, failed.lost_count), (TaskStatus::Failed, 2));
+        assert_eq!(failed.error.as_deref(), Some("lost 2 times (max_lost 1)"));
+        assert_eq!(failed.completed_at, Some(t2));
+        let attempts = store.list_task_attempts(job.id, "x").await.unwrap();
+        let workers: Vec<_> = attempts.iter().map(|a| (a.status, a.worker.as_deref())).collect();
+        assert_eq!(
+            workers,
+            [(TaskStatus::Lost, Some("w1")), (TaskStatus::Lost, Some("w2"))]
+        );
+        assert!(store.reap_expired_tasks(t2, 10, 1).await.unwrap().is_empty());
+
+        // A re-run (a new retry base) may be lost as often again.
+        let mut rerun = cas(
+            job.id,
+            "x",
+            TaskStatus::Failed,
+            failed.fencing_token,
+            TaskStatus::Pending,
+        );
+        rerun.changes.retry_base = Some(failed.attempt);
+        rerun.changes.clear_outcome = true;
+        let batch = TransitionBatch {
+            tasks: vec![rerun],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().tasks, [true]);
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert_eq!((rows[0].status, rows[0].lost_count), (TaskStatus::Pending, 0));
+    }
+
+    pub(super) async fn values_that_cannot_be_stored_are_refused(store: &Store) {
+        let dag = store.upsert_dag(new_dag("values", "h")).await.unwrap();
+        let mut bad_params = new_job(dag.id, vec![task("t", TaskStatus::Pending)]);
+        bad_params.params = json!({ "name": "a\u{0}b" });
+        let err = store.create_job(bad_params).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::InvalidValue {
+                    column: "jobs.params",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Other);
+        assert!(err.to_string().contains("NUL"), "{err}");
+        let job = store
+            .create_job(new_job(dag.id, vec![task("t", TaskStatus::Running)]))
+            .await
+            .unwrap()
+            .job;
+
+        let mut nul_error = cas(job.id, "t", TaskStatus::Running, 0, TaskStatus::Failed);
+        nul_error.changes.error = Some("bad\u{0}byte".to_owned());
+        let err = store.transition_task(nul_error.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidValue { column: "task_executions.error", job_id: Some(j), task_id: Some(t), .. } if *j == job.id && t == "t"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot store task_executions.error of job {}, task `t`",
+                job.id
+            )),
+            "{err}"
+        );
+
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        let mut too_deep = cas(job.id, "t", TaskStatus::Running, 0, TaskStatus::Success);
+        too_deep.changes.result = Some(deep);
+        let batch = TransitionBatch {
+            tasks: vec![too_deep],
+            ..TransitionBatch::default()
+        };
+        let err = store.commit_transitions(&batch).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::InvalidValue {
+                    column: "task_executions.result",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert_eq!(rows[0].status, TaskStatus::Running, "nothing was written");
+    }
+
     pub(super) async fn notify_and_listen(store: &Store) {
         if store.backend() != Backend::Postgres {
             return;
@@ -2455,6 +2602,8 @@ contract!(
         claim_tasks_priority_at_creation,
         claim_tasks_concurrent,
         requeue_expired,
+        reap_records_lost_attempts_and_fails_after_max_lost,
+        values_that_cannot_be_stored_are_refused,
         finished_jobs_are_neither_claimed_nor_requeued,
         notify_and_listen,
         batch_notifications_ignored_on_sqlite,
