@@ -315,6 +315,10 @@ struct TaskRun {
     abort: Option<AbortHandle>,
     cancellation: Option<CancellationToken>,
     started_at: Option<DateTime<Utc>>,
+    /// Attempts lost with their engine or worker, as stored.
+    lost_count: u32,
+    /// The engine or worker that ran the last attempt, as stored.
+    worker: Option<String>,
 }
 
 impl TaskRun {
@@ -336,6 +340,8 @@ impl TaskRun {
             interrupted: false,
             decided: false,
             retry_base: 0,
+            lost_count: 0,
+            worker: None,
             counts: DepCounts::default(),
             result: None,
             abort: None,
@@ -647,6 +653,8 @@ impl Scheduler {
             task.result = row.result.map(Arc::new);
             task.started_at = row.started_at;
             task.retry_base = row.retry_base;
+            task.lost_count = row.lost_count;
+            task.worker = row.worker;
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {
@@ -1413,15 +1421,33 @@ impl Scheduler {
         }
         let attempt = task.next_attempt();
         let token = task.token + 1;
+        let task_id = &job.dag.task_ids[t];
+        // An attempt interrupted with its engine is recorded as lost, with
+        // the engine it was lost with, before it runs again.
+        let lost = task.interrupted.then(|| TaskAttempt {
+            job_id,
+            task_id: task_id.to_string(),
+            attempt,
+            status: TaskStatus::Lost,
+            worker: task.worker.clone(),
+            error: Some(match &task.worker {
+                Some(worker) => format!("lost with its engine {worker}"),
+                None => "lost with its engine".to_owned(),
+            }),
+            output: None,
+            started_at: task.started_at,
+            finished_at: Some(now),
+        });
         let changes = TaskChanges {
             attempt: Some(attempt),
             fencing_token: Some(token),
             worker: Some(self.config.worker_id.clone()),
             started_at: Some(now),
             clear_outcome: true,
+            lost_count: lost.as_ref().map(|_| task.lost_count + 1),
+            record_attempt: lost,
             ..TaskChanges::default()
         };
-        let task_id = &job.dag.task_ids[t];
         let guard = batch.task(transition(
             job_id,
             task_id,
@@ -1433,8 +1459,12 @@ impl Scheduler {
         task.status = TaskStatus::Running;
         task.attempt = attempt;
         task.token = token;
+        if task.interrupted {
+            task.lost_count += 1;
+        }
         task.interrupted = false;
         task.started_at = Some(now);
+        task.worker = Some(self.config.worker_id.clone());
         job.running += 1;
         self.running += 1;
         tracing::info!(job.id = %job_id, task.id = %task_id, attempt, "task started");

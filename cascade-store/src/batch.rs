@@ -131,19 +131,19 @@ UPDATE task_executions AS t SET
     next_attempt_at = CASE WHEN v.set_next_attempt_at THEN v.next_attempt_at ELSE t.next_attempt_at END,
     priority = coalesce(v.priority, t.priority),
     retry_base = coalesce(v.retry_base, t.retry_base),
-    lost_count = CASE WHEN v.retry_base IS NULL THEN t.lost_count ELSE 0 END
+    lost_count = CASE WHEN v.retry_base IS NULL THEN coalesce(v.lost_count, t.lost_count) ELSE 0 END
 FROM (
     SELECT v.*, r.id AS row_id
     FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
                 $7::timestamp[], $8::int4[], $9::int8[], $10::text[], $11::timestamp[],
                 $12::timestamp[], $13::text[], $14::bool[], $15::text[], $16::bool[],
                 $17::timestamp[], $18::bool[], $19::timestamp[], $20::bool[], $21::int4[],
-                $22::int4[])
+                $22::int4[], $23::int4[])
         AS v(idx, job_id, task_id, from_status, token, to_status,
              updated_at, attempt, new_token, worker, started_at,
              lease_expires_at, result, set_result, error, set_error,
              completed_at, set_completed_at, next_attempt_at, set_next_attempt_at, priority,
-             retry_base)
+             retry_base, lost_count)
     JOIN task_executions AS r
         ON r.job_id = v.job_id AND r.task_id = v.task_id
         AND r.status = v.from_status AND r.fencing_token = v.token
@@ -155,8 +155,8 @@ RETURNING v.idx
 ), ins AS (
 INSERT INTO task_attempts (job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 SELECT a.job_id, a.task_id, a.attempt, a.status, a.worker, a.error, a.output, a.started_at, a.finished_at
-FROM unnest($23::int4[], $24::int8[], $25::text[], $26::int4[], $27::text[], $28::text[],
-            $29::text[], $30::text[], $31::timestamp[], $32::timestamp[])
+FROM unnest($24::int4[], $25::int8[], $26::text[], $27::int4[], $28::text[], $29::text[],
+            $30::text[], $31::text[], $32::timestamp[], $33::timestamp[])
     AS a(idx, job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 JOIN upd ON upd.idx = a.idx
 ORDER BY a.idx
@@ -171,8 +171,8 @@ UPDATE jobs AS j SET
     lease_expires_at = CASE WHEN v.completed_at IS NULL THEN j.lease_expires_at END
 FROM (
     SELECT v.*
-    FROM unnest($33::int4[], $34::int8[], $35::text[], $36::text[], $37::text[],
-                $38::timestamp[], $39::timestamp[], $40::bool[], $41::timestamp[])
+    FROM unnest($34::int4[], $35::int8[], $36::text[], $37::text[], $38::text[],
+                $39::timestamp[], $40::timestamp[], $41::bool[], $42::timestamp[])
         AS v(idx, job_id, from_status, to_status, error,
              started_at, completed_at, keep_outcome, updated_at)
     JOIN jobs AS r ON r.id = v.job_id AND r.status = v.from_status
@@ -183,7 +183,7 @@ WHERE j.id = v.job_id AND j.status = v.from_status
 RETURNING v.idx
 ), notified AS (
 SELECT count(pg_notify(n.channel, n.payload)::text) AS n
-FROM unnest($42::text[], $43::text[]) AS n(channel, payload)
+FROM unnest($43::text[], $44::text[]) AS n(channel, payload)
 )
 SELECT 0 AS kind, idx FROM upd
 UNION ALL SELECT 1 AS kind, idx FROM jupd
@@ -216,7 +216,7 @@ fn fixed_sql(sql: &'static str) -> Vec<&'static str> {
 
 static PG_STEP_PARTS: LazyLock<Vec<&'static str>> = LazyLock::new(|| fixed_sql(PG_STEP));
 
-/// The columns of a round of task transitions (`$1`–`$22` of [`PG_STEP`]).
+/// The columns of a round of task transitions (`$1`–`$23` of [`PG_STEP`]).
 #[derive(Default)]
 struct TaskColumns<'a> {
     idx: Vec<i32>,
@@ -241,9 +241,10 @@ struct TaskColumns<'a> {
     set_next_attempt_at: Vec<bool>,
     priority: Vec<Option<i32>>,
     retry_base: Vec<Option<i32>>,
+    lost_count: Vec<Option<i32>>,
 }
 
-/// The attempt records of a round (`$23`–`$32`); `idx` is the input index
+/// The attempt records of a round (`$24`–`$33`); `idx` is the input index
 /// of the transition that carries the record.
 #[derive(Default)]
 struct AttemptColumns<'a> {
@@ -259,7 +260,7 @@ struct AttemptColumns<'a> {
     finished_at: Vec<Option<NaiveDateTime>>,
 }
 
-/// The columns of a round of job transitions (`$33`–`$41`).
+/// The columns of a round of job transitions (`$34`–`$42`).
 #[derive(Default)]
 struct JobColumns<'a> {
     idx: Vec<i32>,
@@ -316,6 +317,7 @@ impl<'a> PgStep<'a> {
         t.next_attempt_at.push(set.next_attempt_at.flatten());
         t.priority.push(set.priority);
         t.retry_base.push(set.retry_base);
+        t.lost_count.push(set.lost_count);
         if let Some(attempt) = &cas.attempt {
             let a = &mut self.attempts;
             a.idx.push(pg_index(index));
@@ -387,6 +389,7 @@ impl QueryFragment<Pg> for PgStep<'_> {
             Array<Bool> => t.set_next_attempt_at,
             Array<Nullable<Integer>> => t.priority,
             Array<Nullable<Integer>> => t.retry_base,
+            Array<Nullable<Integer>> => t.lost_count,
             Array<Integer> => a.idx,
             Array<BigInt> => a.job_id,
             Array<Text> => a.task_id,
@@ -544,7 +547,7 @@ UPDATE task_executions SET
     next_attempt_at = CASE WHEN ? THEN ? ELSE next_attempt_at END,
     priority = coalesce(?, priority),
     retry_base = coalesce(?, retry_base),
-    lost_count = CASE WHEN ? IS NULL THEN lost_count ELSE 0 END
+    lost_count = CASE WHEN ? IS NULL THEN coalesce(?, lost_count) ELSE 0 END
 WHERE job_id = ? AND task_id = ? AND status = ? AND fencing_token = ?";
 
 static SQLITE_TASK_CAS_PARTS: LazyLock<Vec<&'static str>> =
@@ -619,6 +622,7 @@ impl QueryFragment<Sqlite> for SqliteTaskCas<'_> {
             Nullable<Of<t::priority>> => set.priority,
             Nullable<Of<t::retry_base>> => set.retry_base,
             Nullable<Of<t::retry_base>> => set.retry_base,
+            Nullable<Of<t::lost_count>> => set.lost_count,
             Of<t::job_id> => cas.job_id,
             Of<t::task_id> => cas.task_id,
             Of<t::status> => cas.from,

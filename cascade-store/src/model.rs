@@ -343,6 +343,9 @@ pub struct TaskChanges {
     /// also sets [`TaskExecution::lost_count`] back to 0: a re-run task may
     /// be lost as often again as a new one.
     pub retry_base: Option<u32>,
+    /// New count of lost attempts (see [`TaskExecution::lost_count`]), set
+    /// when an attempt that was lost with its engine is started again.
+    pub lost_count: Option<u32>,
 }
 
 /// A compare-and-set on one task execution row.

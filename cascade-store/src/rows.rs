@@ -400,6 +400,7 @@ impl TaskCas {
             record_attempt,
             priority,
             retry_base,
+            lost_count,
         } = &transition.changes;
         // With `clear_outcome` an absent value becomes an explicit NULL.
         fn outcome<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
@@ -429,7 +430,7 @@ impl TaskCas {
                 priority: *priority,
                 retry_base: retry_base.map(stored),
                 // A re-run starts with its full budget of losses too.
-                lost_count: retry_base.map(|_| 0),
+                lost_count: retry_base.map(|_| 0).or(lost_count.map(stored)),
             },
             attempt: record_attempt.as_ref().map(NewAttemptRow::from),
         }

@@ -84,7 +84,32 @@ async fn sigkill_mid_task(url: &str) {
         .await
         .expect("tasks");
     let work_row = tasks.iter().find(|t| t.task_id == "work").expect("work");
-    assert_eq!((work_row.status, work_row.attempt), (TaskStatus::Success, 1));
+    assert_eq!(
+        (work_row.status, work_row.attempt, work_row.lost_count),
+        (TaskStatus::Success, 1, 1)
+    );
+    // The attempt lost with the killed engine is on record, with that engine.
+    let attempts = cascade
+        .store()
+        .list_task_attempts(job_id, "work")
+        .await
+        .expect("attempts");
+    let statuses: Vec<(u32, TaskStatus)> = attempts.iter().map(|a| (a.attempt, a.status)).collect();
+    assert_eq!(statuses, vec![(1, TaskStatus::Lost), (1, TaskStatus::Success)]);
+    let lost_with = attempts[0]
+        .worker
+        .as_deref()
+        .expect("the engine it was lost with");
+    assert_ne!(lost_with, cascade.worker_id());
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(lost_with)),
+        "{:?}",
+        attempts[0].error
+    );
+    assert!(attempts[0].started_at.is_some() && attempts[0].finished_at >= attempts[0].started_at);
     assert_eq!(
         work_row.result.as_ref().map(|r| r["charged_now"].clone()),
         Some(serde_json::json!(false))
