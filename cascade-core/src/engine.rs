@@ -66,6 +66,9 @@ pub enum Role {
 /// Default interval between a worker's heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Default of [`CascadeBuilder::store_outage_timeout`].
+pub const DEFAULT_STORE_OUTAGE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
 /// Default of [`CascadeBuilder::max_lost`]: a task may lose its worker this
 /// many times; the next loss fails it.
 pub const DEFAULT_MAX_LOST: u32 = 3;
@@ -101,6 +104,7 @@ pub struct CascadeBuilder {
     poll_interval: Option<Duration>,
     max_result_bytes: Option<usize>,
     max_lost: Option<u32>,
+    store_outage_timeout: Option<Duration>,
 }
 
 impl CascadeBuilder {
@@ -220,6 +224,18 @@ impl CascadeBuilder {
         self
     }
 
+    /// How long the engine holds its commits while the store is away — a
+    /// PostgreSQL restart or failover, dropped connections, a SQLite lock
+    /// held by another process — before it gives them up (default
+    /// [`DEFAULT_STORE_OUTAGE_TIMEOUT`], 5 minutes). Meanwhile it starts
+    /// nothing new and loses nothing; when the store returns, work resumes.
+    /// Jobs whose commit was given up stop here and, once their lease ends,
+    /// are taken over (by this engine or another) from what was committed.
+    pub fn store_outage_timeout(mut self, timeout: Duration) -> Self {
+        self.store_outage_timeout = Some(timeout);
+        self
+    }
+
     /// How many times a task may be lost — its worker stopped heartbeating
     /// while running it (killed, hung, cut off from the database) — before
     /// the next loss fails it with the error `lost N times (max_lost M)`
@@ -303,7 +319,10 @@ impl CascadeBuilder {
                 limits,
                 active: active.clone(),
             },
-            StateManager::new(store.clone()),
+            StateManager::with_outage_timeout(
+                store.clone(),
+                self.store_outage_timeout.unwrap_or(DEFAULT_STORE_OUTAGE_TIMEOUT),
+            ),
             events.clone(),
             inbox,
             commands.downgrade(),

@@ -74,7 +74,8 @@ pub use cascade_store::{
 pub use dag::{Callback, CallbackFn, Dag, Handler, HandlerFn};
 pub use engine::{
     Cascade, CascadeBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_SHUTDOWN_TIMEOUT, Role, WAIT_POLL_MAX,
+    DEFAULT_LEASE, DEFAULT_MAX_LOST, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STORE_OUTAGE_TIMEOUT, Role,
+    WAIT_POLL_MAX,
 };
 pub use error::{Error, Result};
 pub use events::{

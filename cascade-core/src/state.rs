@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{self, MAX_ERROR_BYTES};
 use crate::{DagId, JobStatus, TaskStatus};
 
-/// How often a commit that failed because the store was unavailable is tried
-/// again before the batch is given up.
-const COMMIT_ATTEMPTS: u32 = 6;
+/// The longest pause between two tries of a commit while the store is away.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a continuing outage is logged again.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Commits batches of transitions. The scheduler hands it everything that
 /// happened while the previous commit was in flight, so under load one
@@ -25,6 +26,9 @@ const COMMIT_ATTEMPTS: u32 = 6;
 #[derive(Debug, Clone)]
 pub(crate) struct StateManager {
     store: Store,
+    /// How long a commit is held and tried again while the store is away
+    /// (transient errors) before it is given up.
+    outage_timeout: Duration,
 }
 
 /// What a commit did: the compare-and-sets that won, and the jobs whose
@@ -47,7 +51,14 @@ pub(crate) struct RowCommit {
 
 impl StateManager {
     pub(crate) fn new(store: Store) -> Self {
-        StateManager { store }
+        Self::with_outage_timeout(store, crate::engine::DEFAULT_STORE_OUTAGE_TIMEOUT)
+    }
+
+    pub(crate) fn with_outage_timeout(store: Store, outage_timeout: Duration) -> Self {
+        StateManager {
+            store,
+            outage_timeout,
+        }
     }
 
     /// The store it commits to.
@@ -117,19 +128,78 @@ impl StateManager {
         Ok(split)
     }
 
+    /// Commits the batch in one transaction. While the store is away
+    /// (transient errors: a restart, a failover, a dropped connection, a
+    /// lock held by another process) the commit is held and tried again with
+    /// backoff, for up to the outage timeout; nothing is acted on meanwhile.
     async fn commit_whole(&self, batch: &TransitionBatch) -> Result<BatchOutcome, StoreError> {
         let mut delay = Duration::from_millis(50);
-        let mut attempt = 1;
+        let mut outage: Option<(std::time::Instant, std::time::Instant)> = None;
         loop {
             match self.store.commit_transitions(batch).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(error) if error.kind() == ErrorKind::Unavailable && attempt < COMMIT_ATTEMPTS => {
-                    tracing::warn!(%error, attempt, "store unavailable; retrying the commit");
+                Ok(mut outcome) => {
+                    if let Some((since, _)) = outage {
+                        tracing::info!(after = ?since.elapsed(), "store reachable again; the held commit went through");
+                        self.settle_ambiguous(batch, &mut outcome).await;
+                    }
+                    return Ok(outcome);
+                }
+                Err(error) if error.is_transient() => {
+                    let now = std::time::Instant::now();
+                    let (since, logged) = outage.get_or_insert((now, now));
+                    if since.elapsed() >= self.outage_timeout {
+                        tracing::error!(%error, outage = ?since.elapsed(), "the store stayed away longer than store_outage_timeout; giving the commit up");
+                        return Err(error);
+                    }
+                    if *logged == now || logged.elapsed() >= OUTAGE_LOG_EVERY {
+                        *logged = now;
+                        tracing::warn!(%error, outage = ?since.elapsed(), timeout = ?self.outage_timeout, "store unavailable; holding the commit until it returns");
+                    }
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    attempt += 1;
+                    delay = (delay * 2).min(OUTAGE_BACKOFF_MAX);
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// After a try whose outcome is unknown (the connection dropped while it
+    /// ran), a compare-and-set that now loses may have won in that earlier
+    /// try: a row already in the transition's target state, with its token,
+    /// is this batch's own write and counts as won.
+    async fn settle_ambiguous(&self, batch: &TransitionBatch, outcome: &mut BatchOutcome) {
+        for (i, transition) in batch.tasks.iter().enumerate() {
+            if outcome.tasks.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let Ok(Some(row)) = self
+                .store
+                .get_task_execution(transition.job_id, &transition.task_id)
+                .await
+            else {
+                continue;
+            };
+            let token = transition
+                .changes
+                .fencing_token
+                .unwrap_or(transition.fencing_token);
+            if row.status == transition.to
+                && row.fencing_token == token
+                && transition.changes.attempt.is_none_or(|a| a == row.attempt)
+                && let Some(won) = outcome.tasks.get_mut(i)
+            {
+                *won = true;
+            }
+        }
+        for (i, transition) in batch.jobs.iter().enumerate() {
+            if outcome.jobs.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            if let Ok(job) = self.store.get_job(transition.job_id).await
+                && job.status == transition.to
+                && let Some(won) = outcome.jobs.get_mut(i)
+            {
+                *won = true;
             }
         }
     }

@@ -36,7 +36,8 @@ pub fn mark(dir: &Path, name: &str, line: &str) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))?;
-    writeln!(file, "{line}")
+    // One write per line, so that lines appended concurrently never mix.
+    file.write_all(format!("{line}\n").as_bytes())
 }
 
 /// The lines of `<dir>/<name>.log`.
