@@ -624,6 +624,13 @@ impl Cascade {
 
     /// The store, for queries: DAGs, jobs, task executions, attempts,
     /// workers. Read-only: every change goes through the engine's verbs.
+    ///
+    /// ```compile_fail
+    /// # async fn f(cascade: cascade_core::Cascade, job_id: cascade_core::JobId) {
+    /// // Writes are the engine's: the store it hands out has none.
+    /// cascade.store().release_jobs("engine-a").await;
+    /// # }
+    /// ```
     pub fn store(&self) -> &StoreReader {
         &self.inner.reader
     }
