@@ -71,9 +71,10 @@ pub(crate) fn spawn(attempt: Attempt, reports: mpsc::Sender<Command>) -> AbortHa
         task.id = %context.task_id(),
         attempt = context.attempt()
     );
-    // The handler runs in a task of its own so that a panic is caught by its
-    // JoinHandle and the pool survives it.
-    let mut handle = tokio::spawn(handler(context).instrument(span.clone()));
+    // The handler is called and runs in a task of its own so that a panic —
+    // while it builds its future (before its first `.await`) or while it
+    // runs — is caught by its JoinHandle and fails this attempt only.
+    let mut handle = tokio::spawn(async move { handler(context).await }.instrument(span.clone()));
     let abort = handle.abort_handle();
     tokio::spawn(
         async move {

@@ -70,6 +70,36 @@ async fn panicking_task_fails_and_pool_survives(url: &str) {
         Ok(json!(null))
     })
     .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) });
+    // A closure that panics while it builds its future, before any `.await`.
+    let eager =
+        dag_from(&ir("panics_eagerly", &[("boom", "boom", &[])])).with_handler("boom", |ctx: TaskContext| {
+            let rows: Vec<u32> = Vec::new();
+            let first = rows[ctx.attempt() as usize];
+            async move { Ok(json!(first)) }
+        });
+    let eager = cascade.register_dag(eager).await.expect("register");
+    let job = cascade
+        .trigger_job(eager.id, "manual", json!({}))
+        .await
+        .expect("trigger");
+    let job = cascade.wait_for_job(job.id).await.expect("wait");
+    assert_eq!(
+        job.status,
+        JobStatus::Failed,
+        "the attempt failed, the engine lives"
+    );
+    let row = &cascade
+        .store()
+        .list_task_executions_for_job(job.id)
+        .await
+        .expect("tasks")[0];
+    assert!(
+        row.error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked") && e.contains("index out of bounds")),
+        "{:?}",
+        row.error
+    );
     let fine = dag_from(&ir("fine", &[("a", "ok", &[]), ("b", "ok", &["a"])]))
         .with_handler("ok", |_ctx: TaskContext| async { Ok(json!(1)) });
     let panics = cascade.register_dag(dag).await.expect("register");
