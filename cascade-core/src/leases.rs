@@ -29,7 +29,11 @@ pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
         {
             Ok(renewed) if renewed.len() < running.len() => {
                 let renewed: std::collections::HashSet<_> = renewed.into_iter().collect();
-                let lost: Vec<_> = running.into_iter().filter(|id| !renewed.contains(id)).collect();
+                let lost: Vec<_> = running
+                    .iter()
+                    .copied()
+                    .filter(|id| !renewed.contains(id))
+                    .collect();
                 if cascade
                     .send_command(Command::Detach { job_ids: lost })
                     .await
@@ -41,6 +45,14 @@ pub(crate) async fn keep_leases(engine: Weak<Inner>, stop: CancellationToken) {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "could not renew job leases; other engines may take these jobs over")
+            }
+        }
+        // A cancel request whose notification never arrived is found here.
+        if !running.is_empty()
+            && let Ok(requested) = cascade.raw_store().jobs_with_cancel_requests(&running).await
+        {
+            for job_id in requested {
+                cascade.cancel_if_active(job_id).await;
             }
         }
         let dag_ids = cascade.registered_ids();

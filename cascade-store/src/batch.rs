@@ -104,7 +104,7 @@ fn rounds<K: Hash + Eq + Ord + Copy>(keys: impl Iterator<Item = K>) -> Vec<Vec<u
 /// - `ins`: the attempt records (`a.idx` = the input index of the transition
 ///   that carries it) of the winners of `upd`, in input order.
 /// - `jupd`: like `upd`, for jobs. `keep_outcome` is false on a re-run, which
-///   drops `error` and `completed_at`; a finished job (`completed_at` given)
+///   drops `error`, `completed_at` and a stale cancel request; a finished job (`completed_at` given)
 ///   releases its owner and lease.
 /// - `notified`: `pg_notify` for each notification in input order; queued by
 ///   PostgreSQL until the transaction commits (and dropped if it fails).
@@ -168,7 +168,8 @@ UPDATE jobs AS j SET
     started_at = coalesce(j.started_at, v.started_at),
     completed_at = coalesce(v.completed_at, CASE WHEN v.keep_outcome THEN j.completed_at END),
     owner = CASE WHEN v.completed_at IS NULL THEN j.owner END,
-    lease_expires_at = CASE WHEN v.completed_at IS NULL THEN j.lease_expires_at END
+    lease_expires_at = CASE WHEN v.completed_at IS NULL THEN j.lease_expires_at END,
+    cancel_requested_at = CASE WHEN v.keep_outcome THEN j.cancel_requested_at END
 FROM (
     SELECT v.*
     FROM unnest($34::int4[], $35::int8[], $36::text[], $37::text[], $38::text[],

@@ -132,8 +132,8 @@ struct Locked {
 /// Claims in one statement: the `picked` CTE locks up to `$4` due, queued
 /// tasks per requested queue (an ordered scan of the partial claim index that
 /// stops after `$4` rows, so a claim costs about `$4` rows however many are
-/// queued), keeps the best `$4` overall, of the requested DAGs and
-/// with labels that are a subset of the
+/// queued), keeps the best `$4` overall, of the requested DAGs (jobs with a
+/// stored cancel request are never claimed from) and with labels that are a subset of the
 /// worker's (`$7`; `'[]'` is tested as text first, so unlabelled tasks, the
 /// common case, need no JSON parse), skipping rows other claimers hold
 /// (so concurrent claimers never wait on nor double-claim a row); `claimed`
@@ -152,7 +152,8 @@ WITH picked AS (
           AND (t.labels = '[]' OR t.labels::jsonb <@ to_jsonb($7::text[]))
           AND EXISTS (
               SELECT 1 FROM jobs AS j
-              WHERE j.id = t.job_id AND j.dag_id = ANY($2) AND j.status IN ('pending', 'running'))
+              WHERE j.id = t.job_id AND j.dag_id = ANY($2) AND j.status IN ('pending', 'running')
+                AND j.cancel_requested_at IS NULL)
         ORDER BY t.priority DESC, t.updated_at, t.id
         LIMIT $4
         FOR UPDATE OF t SKIP LOCKED

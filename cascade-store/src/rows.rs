@@ -530,6 +530,8 @@ macro_rules! job_cas_query {
                     $cas.completed_at.is_none().into_sql::<Bool>(),
                     j::lease_expires_at,
                 )),
+                // A re-run starts without the cancel request of its past.
+                j::cancel_requested_at.eq(case_when(keep.into_sql::<Bool>(), j::cancel_requested_at)),
             ))
     }};
 }

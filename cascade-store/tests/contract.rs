@@ -1511,6 +1511,81 @@ mod cases {
     }
 
     /// A task's labels must all be among the claiming worker's.
+    pub(super) async fn cancel_requests_are_stored_and_stop_claims(store: &Store) {
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("cancel_req", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("q", TaskStatus::Queued)]))
+            .await
+            .unwrap()
+            .job;
+        let other = store
+            .create_job(new_job(dag.id, vec![task("q", TaskStatus::Queued)]))
+            .await
+            .unwrap()
+            .job;
+        assert_eq!(job.cancel_requested_at, None);
+        assert!(
+            store.request_cancel(job.id).await.unwrap(),
+            "an unfinished job takes the request"
+        );
+        assert!(
+            store.request_cancel(job.id).await.unwrap(),
+            "asking again is fine"
+        );
+        let stored = store.get_job(job.id).await.unwrap();
+        assert!(stored.cancel_requested_at.is_some());
+        assert_eq!(
+            store
+                .jobs_with_cancel_requests(&[job.id, other.id])
+                .await
+                .unwrap(),
+            [job.id]
+        );
+        assert!(matches!(
+            store.request_cancel(cascade_store::JobId(987_654)).await,
+            Err(StoreError::JobNotFound { .. })
+        ));
+        // A job that failed before its cancel was acted on is re-run
+        // without it; a finished job takes no request.
+        let third = store
+            .create_job(new_job(dag.id, vec![task("q", TaskStatus::Pending)]))
+            .await
+            .unwrap()
+            .job;
+        assert!(store.request_cancel(third.id).await.unwrap());
+        let step = |from, to| JobTransition {
+            job_id: third.id,
+            from,
+            to,
+            error: None,
+            at: now,
+        };
+        assert!(
+            store
+                .transition_job(step(JobStatus::Pending, JobStatus::Failed))
+                .await
+                .unwrap()
+        );
+        assert!(!store.request_cancel(third.id).await.unwrap());
+        let batch = TransitionBatch {
+            jobs: vec![step(JobStatus::Failed, JobStatus::Running)],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().jobs, [true]);
+        assert_eq!(store.get_job(third.id).await.unwrap().cancel_requested_at, None);
+        if store.backend() != Backend::Postgres {
+            return;
+        }
+        // A worker never claims a task of a job whose cancel was requested.
+        let claimed = store
+            .claim_tasks(&claim("w", &["default"], &[dag.id], 10, now))
+            .await
+            .unwrap();
+        let jobs: Vec<cascade_store::JobId> = claimed.iter().map(|c| c.execution.job_id).collect();
+        assert_eq!(jobs, [other.id]);
+    }
+
     pub(super) async fn claim_tasks_by_labels(store: &Store) {
         let now = now_micros();
         let dag = store.upsert_dag(new_dag("labels", "h")).await.unwrap();
@@ -2599,6 +2674,7 @@ contract!(
         workers_lifecycle,
         claim_tasks_filters,
         claim_tasks_by_labels,
+        cancel_requests_are_stored_and_stop_claims,
         claim_tasks_priority_at_creation,
         claim_tasks_concurrent,
         requeue_expired,
