@@ -180,6 +180,7 @@ pub(crate) async fn forward_events(engine: Weak<Inner>, mut outbox: mpsc::Unboun
                 Ok(payload) if payload.len() <= MAX_PAYLOAD => batch.notifications.push(Notification {
                     channel: EVENTS_CHANNEL.to_owned(),
                     payload,
+                    after_task: None,
                 }),
                 Ok(_) => tracing::debug!("event too large for a notification; not shared"),
                 Err(error) => tracing::warn!(%error, "event not serialisable; not shared"),

@@ -110,11 +110,13 @@ async fn reap(cascade: &Cascade, worker_timeout: Duration) {
                 batch.notifications.push(cascade_store::Notification {
                     channel: DONE_CHANNEL.to_owned(),
                     payload: bridge::done_payload(&update),
+                    after_task: None,
                 });
                 if row.status == TaskStatus::Queued {
                     batch.notifications.push(cascade_store::Notification {
                         channel: READY_CHANNEL.to_owned(),
                         payload: row.queue.clone(),
+                        after_task: None,
                     });
                 }
             }

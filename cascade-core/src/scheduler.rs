@@ -429,6 +429,7 @@ impl Batch {
             self.store.notifications.push(Notification {
                 channel: channel.to_owned(),
                 payload,
+                after_task: None,
             });
         }
     }

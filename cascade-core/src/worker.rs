@@ -459,6 +459,7 @@ async fn start(
     announce.notifications.push(Notification {
         channel: DONE_CHANNEL.to_owned(),
         payload: bridge::done_payload(&update),
+        after_task: None,
     });
     cascade.publish(Event::Task(TaskEvent {
         kind: TaskEventKind::Started,
@@ -576,14 +577,23 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
     if rows.is_empty() {
         return;
     }
-    let announce = |number: u32, transition: &TaskTransition| Notification {
-        channel: DONE_CHANNEL.to_owned(),
-        payload: bridge::done_payload(&update_of(number, transition)),
+    // Each outcome is announced only if its compare-and-set wins: a worker
+    // that lost its lease never announces a change the database refused.
+    let announce = |index: usize, number: u32, transition: &TaskTransition| {
+        Notification::after_task(
+            DONE_CHANNEL,
+            bridge::done_payload(&update_of(number, transition)),
+            index,
+        )
     };
     let batch = TransitionBatch {
         tasks: rows.iter().map(|(_, _, t)| t.clone()).collect(),
         jobs: Vec::new(),
-        notifications: rows.iter().map(|(_, n, t)| announce(*n, t)).collect(),
+        notifications: rows
+            .iter()
+            .enumerate()
+            .map(|(i, (_, n, t))| announce(i, *n, t))
+            .collect(),
     };
     let committed: Vec<(DagId, u32, TaskTransition, bool)> =
         match cascade.raw_store().commit_transitions(&batch).await {
@@ -612,7 +622,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 let results = state
                     .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
                         let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);
-                        vec![announce(number, t)]
+                        vec![announce(0, number, t)]
                     })
                     .await;
                 results

@@ -184,7 +184,8 @@ WHERE j.id = v.job_id AND j.status = v.from_status
 RETURNING v.idx
 ), notified AS (
 SELECT count(pg_notify(n.channel, n.payload)::text) AS n
-FROM unnest($43::text[], $44::text[]) AS n(channel, payload)
+FROM unnest($43::text[], $44::text[], $45::int4[]) AS n(channel, payload, after_idx)
+WHERE n.after_idx < 0 OR n.after_idx IN (SELECT idx FROM upd)
 )
 SELECT 0 AS kind, idx FROM upd
 UNION ALL SELECT 1 AS kind, idx FROM jupd
@@ -286,6 +287,9 @@ struct PgStep<'a> {
     jobs: JobColumns<'a>,
     channels: Vec<&'a str>,
     payloads: Vec<&'a str>,
+    /// The task transition (input index) a notification announces, sent
+    /// only if that transition wins in this step; -1 for none.
+    after_idx: Vec<i32>,
 }
 
 impl<'a> PgStep<'a> {
@@ -412,6 +416,7 @@ impl QueryFragment<Pg> for PgStep<'_> {
             Array<Timestamp> => j.updated_at,
             Array<Text> => self.channels,
             Array<Text> => self.payloads,
+            Array<Integer> => self.after_idx,
         );
         out.push_sql(
             parts
@@ -478,7 +483,8 @@ async fn pg_step(c: &mut AsyncPgConnection, step: PgStep<'_>, outcome: &mut Batc
 /// Applies a batch on PostgreSQL: step k carries the k-th round of task
 /// transitions (with the attempt records of that round's winners) and the
 /// k-th round of job transitions; the first step also sends the
-/// notifications. A batch in which no task and no job appears twice (the
+/// notifications, except those announcing a task transition, which go with
+/// its step and are sent only if it wins. A batch in which no task and no job appears twice (the
 /// usual case) is ONE statement, which PostgreSQL runs atomically as its own
 /// transaction: no `BEGIN`/`COMMIT`, one round trip in all. Longer batches
 /// run their steps in one explicit transaction.
@@ -503,9 +509,21 @@ pub(crate) async fn pg_apply(
         for &index in job_rounds.get(k).map_or(&[][..], Vec::as_slice) {
             step.push_job(index, &jobs[index]);
         }
-        if k == 0 {
-            step.channels = notifications.iter().map(|n| n.channel.as_str()).collect();
-            step.payloads = notifications.iter().map(|n| n.payload.as_str()).collect();
+        // A notification that announces a task transition goes with the
+        // step of that transition (and is sent only if it wins); the others
+        // go with the first step.
+        let round_of = |task: usize| task_rounds.iter().position(|round| round.contains(&task));
+        for n in notifications {
+            let (round, after_idx) = match n.after_task {
+                Some(task) if task < tasks.len() => (round_of(task).unwrap_or(0), pg_index(task)),
+                Some(_) => continue,
+                None => (0, -1),
+            };
+            if round == k {
+                step.channels.push(n.channel.as_str());
+                step.payloads.push(n.payload.as_str());
+                step.after_idx.push(after_idx);
+            }
         }
         step
     };

@@ -780,7 +780,7 @@ impl Store {
                 tokio::select! {
                     item = stream.next() => {
                         let item = match item {
-                            Some(Ok(n)) => Ok(Notification { channel: n.channel, payload: n.payload }),
+                            Some(Ok(n)) => Ok(Notification::new(n.channel, n.payload)),
                             Some(Err(source)) => Err(source),
                             None => Err(closed("the listening connection closed")),
                         };

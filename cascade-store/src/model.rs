@@ -457,6 +457,12 @@ pub struct Notification {
     pub channel: String,
     /// The payload (PostgreSQL limits it to just under 8000 bytes).
     pub payload: String,
+    /// In a [`TransitionBatch`]: the index (in `tasks`) of the transition
+    /// this notification announces. It is sent only if that transition wins
+    /// its compare-and-set, so a writer that lost never announces a change
+    /// the database refused. `None`: sent with the batch whatever happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_task: Option<usize>,
 }
 
 impl Notification {
@@ -465,6 +471,16 @@ impl Notification {
         Notification {
             channel: channel.into(),
             payload: payload.into(),
+            after_task: None,
+        }
+    }
+
+    /// A notification announcing the batch's task transition at `index`:
+    /// sent only if that transition wins.
+    pub fn after_task(channel: impl Into<String>, payload: impl Into<String>, index: usize) -> Self {
+        Notification {
+            after_task: Some(index),
+            ..Notification::new(channel, payload)
         }
     }
 }

@@ -2183,6 +2183,54 @@ mod cases {
             Notification::new("cascade_test", "marker"),
             "nothing from the failed batch"
         );
+
+        // Only winners are announced: a stale transition (wrong token) loses
+        // and its announcement is not sent; in a batch that moves one task
+        // twice (two steps), each announcement goes with its own step.
+        let two = store
+            .create_job(new_job(
+                dag.id,
+                vec![task("a", TaskStatus::Pending), task("b", TaskStatus::Pending)],
+            ))
+            .await
+            .unwrap()
+            .job;
+        let batch = TransitionBatch {
+            tasks: vec![
+                cas(two.id, "a", TaskStatus::Pending, 0, TaskStatus::Queued),
+                cas(two.id, "b", TaskStatus::Pending, 7, TaskStatus::Queued),
+                cas(two.id, "a", TaskStatus::Queued, 0, TaskStatus::Running),
+            ],
+            jobs: Vec::new(),
+            notifications: vec![
+                Notification::after_task("cascade_test", "a queued", 0),
+                Notification::after_task("cascade_test", "b queued (lost)", 1),
+                Notification::after_task("cascade_test", "a running", 2),
+                Notification::new("cascade_test", "always"),
+            ],
+        };
+        assert_eq!(
+            store.commit_transitions(&batch).await.unwrap().tasks,
+            [true, false, true]
+        );
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+                .await
+                .expect("notification within 5 s")
+                .unwrap()
+                .unwrap();
+            got.push(next.payload);
+        }
+        got.sort();
+        assert_eq!(got, ["a queued", "a running", "always"]);
+        store.notify("cascade_test", "end").await.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("end within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.payload, "end", "the loser was never announced");
     }
 
     pub(super) async fn batch_notifications_ignored_on_sqlite(store: &Store) {
