@@ -213,7 +213,38 @@ async fn workers_killed_and_frozen_lose_nothing() {
         }
     };
     wait_effects(200).await;
+    // Kill the victim while it holds running tasks (workers can sit idle
+    // between claims); what it held then is what the reaper must re-queue.
+    let probe = cascade_core::Store::open(Some(&db.url)).await.expect("store");
+    let victim_id = probe
+        .list_workers()
+        .await
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .find(|id| id.split(':').nth(1) == Some(victim_pid.to_string().as_str()))
+        .expect("the victim is registered");
+    let start = Instant::now();
+    while probe
+        .list_running_tasks_of_worker(&victim_id)
+        .await
+        .expect("running")
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the victim never held a task"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     victim.sigkill();
+    let lost_on_kill: Vec<(JobId, String)> = probe
+        .list_running_tasks_of_worker(&victim_id)
+        .await
+        .expect("running")
+        .into_iter()
+        .map(|t| (t.job_id, t.task_id))
+        .collect();
     wait_effects(500).await;
     sleeper.signal("-STOP");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -241,21 +272,45 @@ async fn workers_killed_and_frozen_lose_nothing() {
     assert_eq!(unique.len(), effects.len(), "a side effect was logged twice");
     let runs = lines(&dir.join("runs.log"));
     assert!(runs.len() >= ledger, "every task ran at least once");
-    // The killed worker's tasks were returned to the queue by the reaper.
-    let mut requeued = 0;
+    // The tasks the killed worker held were returned to the queue by the
+    // reaper, their lost attempt on record.
+    assert!(
+        !lost_on_kill.is_empty(),
+        "the victim held no task when it was killed"
+    );
     for &job in &jobs {
         let tasks = cascade
             .store()
             .list_task_executions_for_job(job)
             .await
             .expect("tasks");
-        requeued += tasks.iter().filter(|t| t.lost_count > 0).count();
         assert!(
             tasks.iter().all(|t| t.attempt == 1),
             "infrastructure loss must not spend attempts"
         );
+        for task in tasks
+            .iter()
+            .filter(|t| lost_on_kill.contains(&(job, t.task_id.clone())))
+        {
+            let attempts = cascade
+                .store()
+                .list_task_attempts(job, &task.task_id)
+                .await
+                .expect("attempts");
+            let by_victim = |status| {
+                attempts
+                    .iter()
+                    .any(|a| a.status == status && a.worker.as_deref() == Some(victim_id.as_str()))
+            };
+            // Re-queued by the reaper with its loss on record — unless the
+            // victim's outcome commit was already on its way when it died.
+            assert!(
+                (task.lost_count > 0 && by_victim(TaskStatus::Lost)) || by_victim(TaskStatus::Success),
+                "{job}/{} was not re-queued after the SIGKILL: {attempts:?}",
+                task.task_id
+            );
+        }
     }
-    assert!(requeued > 0, "no task was re-queued after the SIGKILL");
 
     // Worker events crossed processes: three joined, the killed one was lost.
     let mut joined = 0;
