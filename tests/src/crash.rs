@@ -149,6 +149,14 @@ pub struct Victim {
     pub job_id: JobId,
 }
 
+impl Drop for Victim {
+    /// A child left behind by a failed test is killed too.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A fresh directory for a job's marker files.
 pub fn temp_dir(label: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -160,10 +168,19 @@ pub fn temp_dir(label: &str) -> PathBuf {
 }
 
 /// Starts `exe` (the `cascade-crash-child` binary) on `scenario` with a job
-/// lease of `lease_secs`; returns once it printed its job id.
-pub fn start_victim(exe: &str, url: &str, scenario: &str, dir: &Path, lease_secs: u64) -> Victim {
+/// lease of `lease_secs` and the extra environment `env`; returns once it
+/// printed its job id.
+pub fn start_victim(
+    exe: &str,
+    url: &str,
+    scenario: &str,
+    dir: &Path,
+    lease_secs: u64,
+    env: &[(&str, &str)],
+) -> Victim {
     let mut child = Command::new(exe)
         .args([url, scenario, &dir.display().to_string(), &lease_secs.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -30,6 +30,7 @@ async fn sigkill_mid_task(url: &str) {
         "mid_task",
         &dir,
         1,
+        &[],
     );
     let job_id = victim.job_id;
     // Kill it while `work` hangs, after its side effect (the ledger entry and
@@ -126,6 +127,7 @@ async fn sigkill_during_retry_backoff(url: &str) {
         "retry_backoff",
         &dir,
         1,
+        &[],
     );
     let job_id = victim.job_id;
     let probe = cascade_core::Store::open(Some(url)).await.expect("store");

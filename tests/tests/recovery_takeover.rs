@@ -37,6 +37,7 @@ async fn a_dead_local_owner_is_taken_over_at_once(url: &str) {
         "mid_task",
         &dir,
         30,
+        &[],
     );
     let job_id = victim.job_id;
     wait_until("work to charge in the child", || {

@@ -2,62 +2,17 @@
 //! process: the engine's secrets stay out of a task's environment, and a
 //! shell task dies with an engine killed by SIGKILL.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cascade_core::{JobId, JobStatus, Store, TaskStatus};
+use cascade_core::{JobStatus, Store, TaskStatus};
 use cascade_tests::backend_tests;
+use cascade_tests::crash::{start_victim, temp_dir};
 
 backend_tests!(
     shell_tasks_do_not_see_the_engine_secrets,
     shell_tasks_die_with_the_engine
 );
-
-struct Engine {
-    child: Child,
-    job_id: JobId,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(label: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("cascade-shell-{label}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// Starts an engine process running `scenario` with extra environment
-/// variables, and reads the id of the job it triggered.
-fn start_engine(url: &str, scenario: &str, dir: &Path, env: &[(&str, &str)]) -> Engine {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cascade-crash-child"))
-        .args([url, scenario, &dir.display().to_string()])
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the engine process");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the job id");
-    let job_id = line
-        .trim()
-        .strip_prefix("job ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("the engine said {line:?}"));
-    Engine { child, job_id }
-}
 
 /// `NAME=value` lines of `env` output, as (name, value).
 fn variables(stdout: &str) -> Vec<(String, String)> {
@@ -70,10 +25,12 @@ fn variables(stdout: &str) -> Vec<(String, String)> {
 
 async fn shell_tasks_do_not_see_the_engine_secrets(url: &str) {
     let dir = temp_dir("env");
-    let engine = start_engine(
+    let engine = start_victim(
+        env!("CARGO_BIN_EXE_cascade-crash-child"),
         url,
         "shell_env",
         &dir,
+        1,
         &[
             ("DATABASE_URL", url),
             ("PGPASSWORD", "hunter2"),
@@ -172,7 +129,14 @@ fn read_pid(path: &Path) -> Option<u32> {
 
 async fn shell_tasks_die_with_the_engine(url: &str) {
     let dir = temp_dir("death");
-    let mut engine = start_engine(url, "shell_sleep", &dir, &[]);
+    let mut engine = start_victim(
+        env!("CARGO_BIN_EXE_cascade-crash-child"),
+        url,
+        "shell_sleep",
+        &dir,
+        1,
+        &[],
+    );
     let start = Instant::now();
     let (shell, sleeper) = loop {
         if let (Some(shell), Some(sleeper)) =
