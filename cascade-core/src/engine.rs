@@ -315,6 +315,7 @@ impl CascadeBuilder {
                 workers,
                 worker_id: worker_id.clone(),
                 cancel_grace,
+                lease,
                 remote_dispatch: role == Role::Scheduler,
                 limits,
                 active: active.clone(),
@@ -398,8 +399,10 @@ impl CascadeBuilder {
         if let Some(outbox_rx) = outbox_rx {
             tokio::spawn(bridge::forward_events(weak.clone(), outbox_rx));
         }
-        if role == Role::Scheduler {
-            // Notifications normally carry every update; the fallback can be slow.
+        if distributed && role != Role::Worker {
+            // Notifications normally carry every update; the fallback can be
+            // slow. An all-in-one engine needs it only for the tasks of jobs
+            // it took over from a scheduler that still run on workers.
             tokio::spawn(reconcile(
                 weak.clone(),
                 (poll_interval * 5).max(Duration::from_secs(2)),
@@ -431,7 +434,8 @@ impl CascadeBuilder {
 }
 
 /// The polling fallback of a scheduler in distributed mode: re-reads the
-/// tasks of its active jobs and applies what workers committed, in case a
+/// tasks of its active jobs (for an all-in-one engine, of those with tasks on
+/// worker processes) and applies what workers committed, in case a
 /// notification was missed.
 async fn reconcile(engine: std::sync::Weak<Inner>, interval: Duration, stop: CancellationToken) {
     loop {
@@ -1146,8 +1150,25 @@ impl Cascade {
         }
     }
 
-    /// Cancels a job that no engine here is running, directly in the store.
+    /// Cancels a job that no engine here is running, directly in the store:
+    /// its unfinished tasks and the job in one batch. A task that moved
+    /// meanwhile (a worker claimed or finished it) makes the job's
+    /// transition lose, as a job never finishes with an unfinished task:
+    /// the job is then read again and the cancel tried again.
     async fn cancel_in_store(&self, job_id: JobId) -> Result<()> {
+        const TRIES: u32 = 10;
+        for _ in 0..TRIES {
+            if self.try_cancel_in_store(job_id).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(Error::CancelContended { job_id })
+    }
+
+    /// One try of [`Cascade::cancel_in_store`]; `Ok(false)` if the job's
+    /// transition lost its compare-and-set.
+    async fn try_cancel_in_store(&self, job_id: JobId) -> Result<bool> {
         let details = self
             .inner
             .store
@@ -1158,7 +1179,7 @@ impl Cascade {
                 _ => Error::Store(error),
             })?;
         match details.job.status {
-            JobStatus::Cancelled => return Ok(()),
+            JobStatus::Cancelled => return Ok(true),
             status @ (JobStatus::Success | JobStatus::Failed) => {
                 return Err(Error::JobAlreadyFinished { job_id, status });
             }
@@ -1189,11 +1210,12 @@ impl Cascade {
                 to: JobStatus::Cancelled,
                 error: Some("cancelled".to_owned()),
                 at: now,
+                owner: None,
             }],
             ..TransitionBatch::default()
         };
-        self.inner.store.commit_transitions(&batch).await?;
-        Ok(())
+        let outcome = self.inner.store.commit_transitions(&batch).await?;
+        Ok(outcome.jobs.first() == Some(&true))
     }
 
     /// Re-runs a failed job from the point of failure (Airflow's "clear"):
@@ -1256,6 +1278,7 @@ impl Cascade {
                 to: JobStatus::Running,
                 error: None,
                 at: now,
+                owner: None,
             }],
             ..TransitionBatch::default()
         };

@@ -39,6 +39,14 @@ pub enum Error {
         /// Its final status.
         status: JobStatus,
     },
+    /// The job's tasks kept changing (workers claiming or finishing them)
+    /// while it was being cancelled in the store; nothing was lost, and
+    /// cancelling again usually succeeds.
+    #[error("job {job_id}'s tasks kept changing while it was being cancelled; cancel it again")]
+    CancelContended {
+        /// The job.
+        job_id: JobId,
+    },
     /// The job is not failed, so it cannot be re-run.
     #[error("job {job_id} has status {status}: only a failed job can be retried")]
     JobNotFailed {

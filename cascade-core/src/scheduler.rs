@@ -201,6 +201,8 @@ pub(crate) struct SchedulerConfig {
     pub(crate) workers: usize,
     pub(crate) worker_id: String,
     pub(crate) cancel_grace: Duration,
+    /// How long a claim on a job lasts without renewal.
+    pub(crate) lease: Duration,
     /// Distributed mode: ready tasks are queued in the store for worker
     /// processes to claim instead of running here.
     pub(crate) remote_dispatch: bool,
@@ -319,6 +321,11 @@ struct TaskRun {
     lost_count: u32,
     /// The engine or worker that ran the last attempt, as stored.
     worker: Option<String>,
+    /// Running on a worker process under a task lease, though this engine
+    /// runs the job's other tasks itself (it took the job over from a
+    /// scheduler): its outcome comes from the worker, or the reaper takes it
+    /// back when the lease lapses.
+    worker_held: bool,
 }
 
 impl TaskRun {
@@ -338,6 +345,7 @@ impl TaskRun {
             attempt: 0,
             token: 0,
             interrupted: false,
+            worker_held: false,
             decided: false,
             retry_base: 0,
             lost_count: 0,
@@ -569,7 +577,18 @@ impl Scheduler {
                 }
             }
             Command::ActiveJobs { reply } => {
-                let _ = reply.send(self.jobs.keys().copied().collect());
+                // What a reconcile looks at: every job in distributed mode;
+                // otherwise only those with tasks on worker processes.
+                let remote = self.config.remote_dispatch;
+                let ids = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, job)| {
+                        remote || job.tasks.iter().any(|t| t.worker_held && !t.status.is_terminal())
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let _ = reply.send(ids);
             }
             Command::State { job_id, reply } => {
                 let _ = reply.send(self.jobs.get(&job_id).map(snapshot));
@@ -616,6 +635,7 @@ impl Scheduler {
             to: JobStatus::Running,
             error: None,
             at: now,
+            owner: Some(self.config.worker_id.clone()),
         });
         batch.effect(
             guard,
@@ -640,14 +660,22 @@ impl Scheduler {
             return;
         }
         let n = dag.plan.tasks().len();
+        // A job whose cancel was asked for, or begun (a task of it is
+        // cancelled), goes on being cancelled: it never ends `success`.
+        let mut cancelling = job.cancel_requested_at.is_some();
         let mut tasks: Vec<TaskRun> = (0..n).map(|_| TaskRun::new()).collect();
         let mut next_attempts = vec![None; n];
+        // Which running rows are held under a task lease (by a worker
+        // process) rather than under the job's lease (by the engine that
+        // owned the job).
+        let mut task_leased = vec![false; n];
         for row in rows {
             let Some(i) = dag.plan.task_index(&row.task_id) else {
                 tracing::warn!(job.id = %job.id, task.id = %row.task_id, "stored task not in the dag version; ignored");
                 continue;
             };
             let task = &mut tasks[i];
+            cancelling |= row.status == TaskStatus::Cancelled;
             task.status = row.status;
             task.attempt = row.attempt;
             task.token = row.fencing_token;
@@ -656,6 +684,7 @@ impl Scheduler {
             task.retry_base = row.retry_base;
             task.lost_count = row.lost_count;
             task.worker = row.worker;
+            task_leased[i] = row.lease_expires_at.is_some();
             next_attempts[i] = row.next_attempt_at;
         }
         let mut run = JobRun {
@@ -681,6 +710,7 @@ impl Scheduler {
                 to: JobStatus::Running,
                 error: None,
                 at: now,
+                owner: Some(self.config.worker_id.clone()),
             });
             batch.effect(
                 guard,
@@ -703,12 +733,21 @@ impl Scheduler {
         let mut retry_timers = Vec::new();
         for (i, task) in plan.tasks().iter().enumerate() {
             match run.tasks[i].status {
-                // In distributed mode a running task belongs to its worker, whose
-                // lease decides whether it is still alive; a queued one waits
-                // in the store for a claim.
-                TaskStatus::Running | TaskStatus::Queued if self.config.remote_dispatch => {
+                // A task running on a worker process belongs to it, whose
+                // task lease decides whether it is still alive (the reaper
+                // takes it back otherwise): whichever role adopted the job,
+                // it waits for the outcome. A queued one waits in the store
+                // for a claim in distributed mode.
+                TaskStatus::Running if task_leased[i] => {
+                    run.tasks[i].decided = true;
+                    run.tasks[i].worker_held = !self.config.remote_dispatch;
+                }
+                TaskStatus::Queued if self.config.remote_dispatch => {
                     run.tasks[i].decided = true;
                 }
+                // Running under the job lease of an engine that is gone (or
+                // fenced out): lost with it, it runs again (distributed: is
+                // queued again for the workers).
                 TaskStatus::Running | TaskStatus::Queued => {
                     run.tasks[i].interrupted = run.tasks[i].status == TaskStatus::Running;
                     run.tasks[i].decided = true;
@@ -756,6 +795,12 @@ impl Scheduler {
                     token,
                 },
             );
+        }
+        if cancelling {
+            tracing::info!(job.id = %job.id, "the job was being cancelled; cancelling it");
+            let (reply, _) = oneshot::channel();
+            self.cancel(job.id, reply, batch);
+            return;
         }
         self.maybe_finish(job.id, batch);
     }
@@ -1113,6 +1158,10 @@ impl Scheduler {
                     TaskStatus::Running => {
                         if let Some(token) = &job.tasks[t].cancellation {
                             token.cancel();
+                        } else if !self.config.remote_dispatch {
+                            // Resumed from the store and not started here
+                            // again: nothing runs it.
+                            self.settle_unrun(&mut job, t, TaskStatus::Cancelled, batch);
                         }
                     }
                     _ => {}
@@ -1300,12 +1349,17 @@ impl Scheduler {
         }
         let attempt = task.next_attempt();
         let queue = job.dag.plan.tasks()[t].queue.clone();
+        let task_id = &job.dag.task_ids[t];
+        let lost = task
+            .interrupted
+            .then(|| lost_attempt(job_id, task_id, task, attempt, now));
         let changes = TaskChanges {
             attempt: Some(attempt),
             clear_outcome: true,
+            lost_count: lost.as_ref().map(|_| task.lost_count + 1),
+            record_attempt: lost,
             ..TaskChanges::default()
         };
-        let task_id = &job.dag.task_ids[t];
         let guard = batch.task(transition(
             job_id,
             task_id,
@@ -1316,6 +1370,9 @@ impl Scheduler {
         ));
         task.status = TaskStatus::Queued;
         task.attempt = attempt;
+        if task.interrupted {
+            task.lost_count += 1;
+        }
         task.interrupted = false;
         batch.notify(crate::bridge::READY_CHANNEL, queue);
         batch.effect(
@@ -1346,6 +1403,13 @@ impl Scheduler {
         let plan_task = &job.dag.plan.tasks()[t];
         let attempt = update.attempt;
         match update.status {
+            // Taken back from a worker (its lease lapsed) by the reaper: an
+            // engine that runs the job's tasks itself runs it here.
+            TaskStatus::Queued if !self.config.remote_dispatch => {
+                task.status = TaskStatus::Queued;
+                task.worker_held = false;
+                self.newly_ready.push((job_id, t));
+            }
             TaskStatus::Running | TaskStatus::Queued => task.status = update.status,
             TaskStatus::UpForRetry => {
                 task.status = TaskStatus::UpForRetry;
@@ -1425,20 +1489,9 @@ impl Scheduler {
         let task_id = &job.dag.task_ids[t];
         // An attempt interrupted with its engine is recorded as lost, with
         // the engine it was lost with, before it runs again.
-        let lost = task.interrupted.then(|| TaskAttempt {
-            job_id,
-            task_id: task_id.to_string(),
-            attempt,
-            status: TaskStatus::Lost,
-            worker: task.worker.clone(),
-            error: Some(match &task.worker {
-                Some(worker) => format!("lost with its engine {worker}"),
-                None => "lost with its engine".to_owned(),
-            }),
-            output: None,
-            started_at: task.started_at,
-            finished_at: Some(now),
-        });
+        let lost = task
+            .interrupted
+            .then(|| lost_attempt(job_id, task_id, task, attempt, now));
         let changes = TaskChanges {
             attempt: Some(attempt),
             fencing_token: Some(token),
@@ -1502,6 +1555,7 @@ impl Scheduler {
             to: status,
             error: error.clone(),
             at: now,
+            owner: Some(self.config.worker_id.clone()),
         });
         job.status = status;
         match status {
@@ -1592,12 +1646,14 @@ impl Scheduler {
                     }),
                     Guard::Always => None,
                 };
-                // In distributed mode workers write task rows too: a lost race
-                // there is expected and the polling fallback reconciles it.
+                // In distributed mode workers write task rows too: a lost task
+                // race there is expected and the polling fallback reconciles
+                // it. Otherwise the job is read back from the store.
+                let expected = self.config.remote_dispatch && matches!(guard, Guard::Task(_));
                 if let Some(job_id) = lost
-                    && !self.config.remote_dispatch
+                    && !expected
                 {
-                    self.detach_job(job_id);
+                    self.resync(job_id);
                 }
                 continue;
             }
@@ -1791,6 +1847,59 @@ impl Scheduler {
         });
     }
 
+    /// Handles a job whose stored state moved on without this scheduler (a
+    /// compare-and-set lost): the job stops running here, then it is read
+    /// back from the store and resumed if it is still this engine's to run
+    /// (its lease renewed by a claim that only its owner, or anyone after the
+    /// lease lapsed, wins). Another engine's job is forgotten; a job that
+    /// keeps losing is left detached, and its lease then lapses.
+    fn resync(&mut self, job_id: JobId) {
+        let Some(dag) = self.jobs.get(&job_id).map(|job| Arc::clone(&job.dag)) else {
+            return;
+        };
+        self.detach_job(job_id);
+        let repairs = self.repairs.entry(job_id).or_insert(0);
+        *repairs += 1;
+        if *repairs > MAX_REPAIRS {
+            tracing::error!(job.id = %job_id, "the job's stored state keeps moving on without this engine; it stays detached");
+            return;
+        }
+        let store = self.state.store().clone();
+        let reports = self.reports.clone();
+        let owner = self.config.worker_id.clone();
+        let lease = chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(30));
+        tokio::spawn(async move {
+            let now = Utc::now();
+            match store.claim_job(job_id, &owner, now + lease, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job.id = %job_id, "the job is another engine's now (or finished); forgetting it here");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(job.id = %job_id, %error, "could not read the job back; its lease lapses and an engine resumes it");
+                    return;
+                }
+            }
+            let (job, tasks) = match (
+                store.get_job(job_id).await,
+                store.list_task_executions_for_job(job_id).await,
+            ) {
+                (Ok(job), Ok(tasks)) => (job, tasks),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::error!(job.id = %job_id, %error, "could not read the job back; its lease lapses and an engine resumes it");
+                    return;
+                }
+            };
+            if job.status.is_terminal() {
+                return;
+            }
+            if let Some(reports) = reports.upgrade() {
+                let _ = reports.send(Command::Resume { job, dag, tasks }).await;
+            }
+        });
+    }
+
     /// Stops running a job here: its attempts are stopped and its waiters
     /// told to read the store. Its rows keep what was committed.
     fn detach_job(&mut self, job_id: JobId) {
@@ -1822,6 +1931,31 @@ impl Scheduler {
         self.rng ^= self.rng >> 27;
         let value = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
         (value >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The record of an attempt interrupted with the engine that ran it, kept
+/// before the task runs again.
+fn lost_attempt(
+    job_id: JobId,
+    task_id: &str,
+    task: &TaskRun,
+    attempt: u32,
+    now: DateTime<Utc>,
+) -> TaskAttempt {
+    TaskAttempt {
+        job_id,
+        task_id: task_id.to_owned(),
+        attempt,
+        status: TaskStatus::Lost,
+        worker: task.worker.clone(),
+        error: Some(match &task.worker {
+            Some(worker) => format!("lost with its engine {worker}"),
+            None => "lost with its engine".to_owned(),
+        }),
+        output: None,
+        started_at: task.started_at,
+        finished_at: Some(now),
     }
 }
 

@@ -103,9 +103,13 @@ fn rounds<K: Hash + Eq + Ord + Copy>(keys: impl Iterator<Item = K>) -> Vec<Vec<u
 ///   when the array holds NULL. `RETURNING` names the winners by input index.
 /// - `ins`: the attempt records (`a.idx` = the input index of the transition
 ///   that carries it) of the winners of `upd`, in input order.
-/// - `jupd`: like `upd`, for jobs. `keep_outcome` is false on a re-run, which
-///   drops `error`, `completed_at` and a stale cancel request; a finished job (`completed_at` given)
-///   releases its owner and lease.
+/// - `jupd`: like `upd`, for jobs, also fenced by `owner` when one is given.
+///   `keep_outcome` is false on a re-run, which drops `error`,
+///   `completed_at` and a stale cancel request; a finished job
+///   (`completed_at` given) releases its owner and lease. A terminal
+///   transition loses while a task row of the job is unfinished: every CTE
+///   sees the rows as they were before the statement, so the rows `upd`
+///   just moved are judged by their new status (from its `RETURNING`).
 /// - `notified`: `pg_notify` for each notification in input order; queued by
 ///   PostgreSQL until the transaction commits (and dropped if it fails).
 ///
@@ -151,7 +155,7 @@ FROM (
     FOR UPDATE OF r
 ) AS v
 WHERE t.id = v.row_id AND t.status = v.from_status AND t.fencing_token = v.token
-RETURNING v.idx
+RETURNING v.idx, t.id AS row_id, t.job_id, t.status
 ), ins AS (
 INSERT INTO task_attempts (job_id, task_id, attempt, status, worker, error, output, started_at, finished_at)
 SELECT a.job_id, a.task_id, a.attempt, a.status, a.worker, a.error, a.output, a.started_at, a.finished_at
@@ -173,18 +177,29 @@ UPDATE jobs AS j SET
 FROM (
     SELECT v.*
     FROM unnest($34::int4[], $35::int8[], $36::text[], $37::text[], $38::text[],
-                $39::timestamp[], $40::timestamp[], $41::bool[], $42::timestamp[])
+                $39::timestamp[], $40::timestamp[], $41::bool[], $42::timestamp[], $43::text[])
         AS v(idx, job_id, from_status, to_status, error,
-             started_at, completed_at, keep_outcome, updated_at)
+             started_at, completed_at, keep_outcome, updated_at, owner)
     JOIN jobs AS r ON r.id = v.job_id AND r.status = v.from_status
+        AND (v.owner IS NULL OR r.owner = v.owner)
     ORDER BY r.id
     FOR UPDATE OF r
 ) AS v
 WHERE j.id = v.job_id AND j.status = v.from_status
+    AND (v.to_status NOT IN ('success', 'failed', 'cancelled') OR (
+        NOT EXISTS (
+            SELECT 1 FROM task_executions AS u
+            WHERE u.job_id = j.id
+              AND u.status IN ('pending', 'queued', 'running', 'up_for_retry')
+              AND u.id NOT IN (SELECT row_id FROM upd))
+        AND NOT EXISTS (
+            SELECT 1 FROM upd
+            WHERE upd.job_id = j.id
+              AND upd.status IN ('pending', 'queued', 'running', 'up_for_retry'))))
 RETURNING v.idx
 ), notified AS (
 SELECT count(pg_notify(n.channel, n.payload)::text) AS n
-FROM unnest($43::text[], $44::text[], $45::int4[]) AS n(channel, payload, after_idx)
+FROM unnest($44::text[], $45::text[], $46::int4[]) AS n(channel, payload, after_idx)
 WHERE n.after_idx < 0 OR n.after_idx IN (SELECT idx FROM upd)
 )
 SELECT 0 AS kind, idx FROM upd
@@ -262,7 +277,7 @@ struct AttemptColumns<'a> {
     finished_at: Vec<Option<NaiveDateTime>>,
 }
 
-/// The columns of a round of job transitions (`$34`–`$42`).
+/// The columns of a round of job transitions (`$34`–`$43`).
 #[derive(Default)]
 struct JobColumns<'a> {
     idx: Vec<i32>,
@@ -274,6 +289,7 @@ struct JobColumns<'a> {
     completed_at: Vec<Option<NaiveDateTime>>,
     keep_outcome: Vec<bool>,
     updated_at: Vec<NaiveDateTime>,
+    owner: Vec<Option<&'a str>>,
 }
 
 /// One execution of [`PG_STEP`] with its binds. Its `QueryId` is static and
@@ -349,6 +365,7 @@ impl<'a> PgStep<'a> {
         j.completed_at.push(cas.completed_at);
         j.keep_outcome.push(cas.keep_outcome);
         j.updated_at.push(cas.updated_at);
+        j.owner.push(cas.owner.as_deref());
     }
 }
 
@@ -414,6 +431,7 @@ impl QueryFragment<Pg> for PgStep<'_> {
             Array<Nullable<Timestamp>> => j.completed_at,
             Array<Bool> => j.keep_outcome,
             Array<Timestamp> => j.updated_at,
+            Array<Nullable<Text>> => j.owner,
             Array<Text> => self.channels,
             Array<Text> => self.payloads,
             Array<Integer> => self.after_idx,
@@ -481,8 +499,9 @@ async fn pg_step(c: &mut AsyncPgConnection, step: PgStep<'_>, outcome: &mut Batc
 }
 
 /// Applies a batch on PostgreSQL: step k carries the k-th round of task
-/// transitions (with the attempt records of that round's winners) and the
-/// k-th round of job transitions; the first step also sends the
+/// transitions (with the attempt records of that round's winners); the job
+/// transitions start in the step of the last round of tasks, so that they
+/// see every task transition of the batch; the first step also sends the
 /// notifications, except those announcing a task transition, which go with
 /// its step and are sent only if it wins. A batch in which no task and no job appears twice (the
 /// usual case) is ONE statement, which PostgreSQL runs atomically as its own
@@ -500,13 +519,18 @@ pub(crate) async fn pg_apply(
     };
     let task_rounds = rounds(tasks.iter().map(|t| (t.job_id, t.task_id.as_str())));
     let job_rounds = rounds(jobs.iter().map(|j| j.job_id));
-    let n_steps = task_rounds.len().max(job_rounds.len()).max(1);
+    // Job transitions apply after every task transition (as on SQLite): the
+    // first round of jobs goes with the last round of tasks, whose new
+    // statuses it sees through `upd`, and any further rounds follow.
+    let first_job_step = task_rounds.len().saturating_sub(1);
+    let n_steps = task_rounds.len().max(first_job_step + job_rounds.len()).max(1);
     let step = |k: usize| {
         let mut step = PgStep::default();
         for &index in task_rounds.get(k).map_or(&[][..], Vec::as_slice) {
             step.push_task(index, &tasks[index]);
         }
-        for &index in job_rounds.get(k).map_or(&[][..], Vec::as_slice) {
+        let job_round = k.checked_sub(first_job_step).and_then(|r| job_rounds.get(r));
+        for &index in job_round.map_or(&[][..], Vec::as_slice) {
             step.push_job(index, &jobs[index]);
         }
         // A notification that announces a task transition goes with the

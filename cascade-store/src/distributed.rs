@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, instrument, warn};
 
 use super::{Backend, Pools, SqliteConn, Store};
+use crate::clock::DbTime;
 use crate::error::{Result, StoreError};
 use crate::ids::JobId;
 use crate::json::{JsonDoc, JsonValue};
@@ -165,7 +166,7 @@ WITH picked AS (
         status = 'running',
         worker = $5,
         fencing_token = t.fencing_token + 1,
-        lease_expires_at = $6,
+        lease_expires_at = ((now() AT TIME ZONE 'UTC') + $6::int8 * interval '1 microsecond'),
         started_at = $3,
         updated_at = $3
     FROM picked
@@ -192,7 +193,8 @@ WITH expired AS (
            e.lost_count + 1 > $3 AS too_often
     FROM task_executions AS e
     JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.status = 'running' AND e.lease_expires_at < $1
+    WHERE e.status = 'running'
+      AND e.lease_expires_at < ((now() AT TIME ZONE 'UTC') + $4::int8 * interval '1 microsecond')
     ORDER BY e.lease_expires_at, e.id
     LIMIT $2
     FOR UPDATE OF e SKIP LOCKED
@@ -377,7 +379,7 @@ impl Store {
         task_lease_until: DateTime<Utc>,
         only: Option<&[i64]>,
     ) -> Result<u64> {
-        let (now, until) = (naive(now), naive(task_lease_until));
+        let (now, until) = (DbTime::at(now), DbTime::at(task_lease_until));
         let extended: Option<usize> = write_tx!(self, |c| {
             let found = diesel::update(workers::table.find(worker_id))
                 .set((
@@ -394,7 +396,7 @@ impl Store {
                     diesel::update(task_executions::table)
                         .filter(task_executions::worker.eq(worker_id))
                         .filter(is_running())
-                        .set(task_executions::lease_expires_at.eq(until))
+                        .set(task_executions::lease_expires_at.eq(until.nullable()))
                         .execute(c)
                         .await?
                 }
@@ -404,7 +406,7 @@ impl Store {
                         .filter(task_executions::worker.eq(worker_id))
                         .filter(is_running())
                         .filter(task_executions::id.eq_any(ids))
-                        .set(task_executions::lease_expires_at.eq(until))
+                        .set(task_executions::lease_expires_at.eq(until.nullable()))
                         .execute(c)
                         .await?
                 }
@@ -460,7 +462,7 @@ impl Store {
     /// leases lapse.
     #[instrument(skip(self), err)]
     pub async fn mark_lost_workers(&self, stale_before: DateTime<Utc>) -> Result<Vec<WorkerRecord>> {
-        let stale_before = naive(stale_before);
+        let stale_before = DbTime::at(stale_before);
         let rows: Vec<WorkerRow> = write_one!(self, |c| {
             diesel::update(workers::table)
                 .filter(workers::state.eq(WorkerState::Active.as_str()))
@@ -538,7 +540,7 @@ impl Store {
             .bind::<Timestamp, _>(naive(request.now))
             .bind::<BigInt, _>(request.limit)
             .bind::<Text, _>(&request.worker)
-            .bind::<Timestamp, _>(naive(request.lease_until))
+            .bind::<BigInt, _>(DbTime::at(request.lease_until).offset_micros())
             .bind::<Array<Text>, _>(&request.labels);
         let rows: Vec<ClaimedRow> = self
             .bounded(1, async {
@@ -668,7 +670,8 @@ impl Store {
         let query = diesel::sql_query(PG_REAP_EXPIRED)
             .bind::<Timestamp, _>(naive(now))
             .bind::<BigInt, _>(limit)
-            .bind::<Integer, _>(i32::try_from(max_lost).unwrap_or(i32::MAX));
+            .bind::<Integer, _>(i32::try_from(max_lost).unwrap_or(i32::MAX))
+            .bind::<BigInt, _>(DbTime::at(now).offset_micros());
         let rows: Vec<TaskRow> = self
             .bounded(1, async {
                 let mut conn = self.checkout_pg(pool).await?;

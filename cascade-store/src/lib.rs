@@ -72,6 +72,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod batch;
+mod clock;
 mod connect;
 mod error;
 mod ids;

@@ -377,6 +377,13 @@ pub struct TaskTransition {
 /// `completed_at` and `error` (then records `error` if `Some`) and keeps
 /// `started_at`. A job that reaches a terminal state releases its owner and
 /// lease, so that a later re-run can be claimed by any engine.
+///
+/// Two more conditions are checked in the same statement:
+/// - with `owner` given, the job must still be owned by it: an engine whose
+///   lease lapsed and whose job another engine took over loses;
+/// - a terminal `to` (`success`, `failed`, `cancelled`) loses while any of
+///   the job's task rows is unfinished (`pending`, `queued`, `running`,
+///   `up_for_retry`), counting the task transitions committed with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTransition {
     /// The job.
@@ -390,6 +397,11 @@ pub struct JobTransition {
     pub error: Option<String>,
     /// When the transition happened.
     pub at: DateTime<Utc>,
+    /// The engine that must own the job for the transition to win (its
+    /// fencing); `None` for a writer that acts on a job it does not run
+    /// (a cancel or a re-run from the outside).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Transitions committed together by [`Store::commit_transitions`](crate::Store::commit_transitions).

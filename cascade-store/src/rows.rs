@@ -452,6 +452,10 @@ pub(crate) struct JobCas {
     /// `completed_at` are then dropped instead of kept.
     pub(crate) keep_outcome: bool,
     pub(crate) updated_at: NaiveDateTime,
+    /// The owner the job must have, if any.
+    pub(crate) owner: Option<String>,
+    /// Whether `to` is terminal: then no task row of the job may be unfinished.
+    pub(crate) to_terminal: bool,
 }
 
 impl JobCas {
@@ -467,6 +471,8 @@ impl JobCas {
             // Only a re-run (terminal to non-terminal) drops the outcome.
             keep_outcome: !transition.from.is_terminal() || transition.to.is_terminal(),
             updated_at,
+            owner: transition.owner.clone(),
+            to_terminal: transition.to.is_terminal(),
         }
     }
 }
@@ -498,6 +504,15 @@ pub(crate) use task_cas_query;
 
 /// The `UPDATE` of a [`JobCas`]; one statement shape for every transition.
 /// `CASE WHEN keep THEN column END` is the stored value, or NULL on a re-run.
+/// Task statuses that are not final: a job with a task row in one of them
+/// cannot finish.
+pub(crate) const UNFINISHED_TASK: [&str; 4] = [
+    crate::TaskStatus::Pending.as_str(),
+    crate::TaskStatus::Queued.as_str(),
+    crate::TaskStatus::Running.as_str(),
+    crate::TaskStatus::UpForRetry.as_str(),
+];
+
 macro_rules! job_cas_query {
     ($cas:expr) => {{
         use diesel::IntoSql as _;
@@ -505,10 +520,28 @@ macro_rules! job_cas_query {
         use diesel::sql_types::Bool;
         use $crate::rows::{coalesce, coalesce_text};
         use $crate::schema::jobs as j;
+        use $crate::schema::task_executions as te;
         let keep = $cas.keep_outcome;
         diesel::update(j::table)
             .filter(j::id.eq($cas.job_id))
             .filter(j::status.eq($cas.from))
+            // Fenced by ownership when the writer runs the job.
+            .filter(
+                $cas.owner
+                    .is_none()
+                    .into_sql::<Bool>()
+                    .or(j::owner.eq($cas.owner.as_deref().unwrap_or_default())),
+            )
+            // A job finishes only when every one of its tasks has.
+            .filter(
+                (!$cas.to_terminal)
+                    .into_sql::<Bool>()
+                    .or(diesel::dsl::not(diesel::dsl::exists(
+                        te::table
+                            .filter(te::job_id.eq(j::id))
+                            .filter(te::status.eq_any($crate::rows::UNFINISHED_TASK)),
+                    ))),
+            )
             .set((
                 j::status.eq($cas.to),
                 j::updated_at.eq($cas.updated_at),

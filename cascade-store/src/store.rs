@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tracing::{debug, instrument};
 
+use crate::clock::DbTime;
 use crate::connect::{self, Pools, SqliteConn};
 use crate::error::{Result, StoreError};
 use crate::ids::{DagId, JobId, JobStatus};
@@ -615,6 +616,17 @@ impl Store {
                     .await?;
                 return Ok(Some((existing, false)));
             };
+            // A lease runs on the database's clock (see `DbTime`).
+            let inserted = match job.lease_expires_at {
+                Some(lease_until) if self.backend() == crate::Backend::Postgres => {
+                    diesel::update(jobs::table.find(inserted.id))
+                        .set(jobs::lease_expires_at.eq(DbTime::at(lease_until).nullable()))
+                        .returning(JobRow::as_returning())
+                        .get_result(c)
+                        .await?
+                }
+                _ => inserted,
+            };
             for chunk in job.tasks.chunks(TASK_INSERT_CHUNK) {
                 let rows: Vec<NewTaskRow> = chunk
                     .iter()
@@ -801,7 +813,7 @@ impl Store {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let (lease_until, now) = (naive(lease_until), naive(now));
+        let (lease_until, now) = (DbTime::at(lease_until), DbTime::at(now));
         let n = write_one!(self, |c| {
             diesel::update(jobs::table.find(job_id.0))
                 .filter(jobs::status.eq_any(UNFINISHED_JOB))
@@ -809,9 +821,12 @@ impl Store {
                     jobs::owner
                         .is_null()
                         .or(jobs::owner.eq(owner))
-                        .or(jobs::lease_expires_at.lt(now)),
+                        .or(jobs::lease_expires_at.lt(now.nullable())),
                 )
-                .set((jobs::owner.eq(owner), jobs::lease_expires_at.eq(lease_until)))
+                .set((
+                    jobs::owner.eq(owner),
+                    jobs::lease_expires_at.eq(lease_until.nullable()),
+                ))
                 .execute(c)
                 .await
         })
@@ -839,12 +854,12 @@ impl Store {
     /// ```
     #[instrument(skip(self), err)]
     pub async fn renew_job_leases(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<u64> {
-        let lease_until = naive(lease_until);
+        let lease_until = DbTime::at(lease_until);
         let n = write_one!(self, |c| {
             diesel::update(jobs::table)
                 .filter(jobs::owner.eq(owner))
                 .filter(jobs::status.eq_any(UNFINISHED_JOB))
-                .set(jobs::lease_expires_at.eq(lease_until))
+                .set(jobs::lease_expires_at.eq(lease_until.nullable()))
                 .execute(c)
                 .await
         })
@@ -866,14 +881,14 @@ impl Store {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let lease_until = naive(lease_until);
+        let lease_until = DbTime::at(lease_until);
         let ids: Vec<i64> = job_ids.iter().map(|id| id.0).collect();
         let renewed: Vec<i64> = write_one!(self, |c| {
             diesel::update(jobs::table)
                 .filter(jobs::id.eq_any(&ids))
                 .filter(jobs::owner.eq(owner))
                 .filter(jobs::status.eq_any(UNFINISHED_JOB))
-                .set(jobs::lease_expires_at.eq(lease_until))
+                .set(jobs::lease_expires_at.eq(lease_until.nullable()))
                 .returning(jobs::id)
                 .get_results(c)
                 .await
@@ -978,13 +993,17 @@ impl Store {
         if dag_ids.is_empty() || limit <= 0 {
             return Ok(Vec::new());
         }
-        let now = naive(now);
+        let now = DbTime::at(now);
         let dag_ids: Vec<i64> = dag_ids.iter().map(|id| id.0).collect();
         let rows: Vec<JobRow> = read!(self, |c| {
             jobs::table
                 .filter(jobs::dag_id.eq_any(&dag_ids))
                 .filter(jobs::status.eq_any(UNFINISHED_JOB))
-                .filter(jobs::owner.is_null().or(jobs::lease_expires_at.lt(now)))
+                .filter(
+                    jobs::owner
+                        .is_null()
+                        .or(jobs::lease_expires_at.lt(now.nullable())),
+                )
                 .order(jobs::id.asc())
                 .limit(limit)
                 .select(JobRow::as_select())
@@ -1051,12 +1070,15 @@ impl Store {
         owner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<bool> {
-        let lease_until = naive(lease_until);
+        let lease_until = DbTime::at(lease_until);
         let n = write_one!(self, |c| {
             diesel::update(jobs::table.find(job_id.0))
                 .filter(jobs::status.eq_any(UNFINISHED_JOB))
                 .filter(jobs::owner.eq(previous_owner))
-                .set((jobs::owner.eq(owner), jobs::lease_expires_at.eq(lease_until)))
+                .set((
+                    jobs::owner.eq(owner),
+                    jobs::lease_expires_at.eq(lease_until.nullable()),
+                ))
                 .execute(c)
                 .await
         })

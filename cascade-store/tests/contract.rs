@@ -49,6 +49,29 @@ fn new_job(dag_id: cascade_store::DagId, tasks: Vec<NewTask>) -> NewJob {
     }
 }
 
+/// Lease times (and worker heartbeats) are stamped on the database's clock:
+/// on PostgreSQL the stored time is the asked-for distance from the server's
+/// present, off by the time since the test read its own clock and by how
+/// far the two clocks read apart (one host here: milliseconds); SQLite, on
+/// the host's one clock, stores it as given.
+fn assert_db_time(
+    store: &Store,
+    actual: Option<chrono::DateTime<chrono::Utc>>,
+    asked: chrono::DateTime<chrono::Utc>,
+) {
+    let actual = actual.expect("a time is stored");
+    let asked = asked.trunc_subsecs(6);
+    if store.backend() == Backend::Sqlite {
+        assert_eq!(actual, asked);
+    } else {
+        let late = actual - asked;
+        assert!(
+            late > -Duration::seconds(1) && late < Duration::seconds(10),
+            "stored {actual}, asked {asked}: not the asked-for distance from the database's present"
+        );
+    }
+}
+
 fn cas(
     job: cascade_store::JobId,
     task_id: &str,
@@ -394,6 +417,7 @@ mod cases {
             to,
             error: error.map(str::to_owned),
             at,
+            owner: None,
         };
         assert!(
             store
@@ -449,6 +473,7 @@ mod cases {
                 to: JobStatus::Running,
                 error: None,
                 at,
+                owner: None,
             })
             .await
             .unwrap();
@@ -560,6 +585,7 @@ mod cases {
             to,
             error: None,
             at: now,
+            owner: None,
         };
         batch
             .jobs
@@ -631,7 +657,7 @@ mod cases {
         let owner = winners[0].clone();
         let claimed = store.get_job(job.id).await.unwrap();
         assert_eq!(claimed.owner.as_deref(), Some(owner.as_str()));
-        assert_eq!(claimed.lease_expires_at, Some(later.trunc_subsecs(6)));
+        assert_db_time(store, claimed.lease_expires_at, later);
 
         // The owner may claim again; another engine only after the lease lapsed.
         assert!(store.claim_job(job.id, &owner, later, now).await.unwrap());
@@ -658,7 +684,7 @@ mod cases {
         owned.lease_expires_at = Some(later);
         let owned = store.create_job(owned).await.unwrap().job;
         assert_eq!(owned.owner.as_deref(), Some("engine-x"));
-        assert_eq!(owned.lease_expires_at, Some(later.trunc_subsecs(6)));
+        assert_db_time(store, owned.lease_expires_at, later);
         let free = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
         let finished = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
         let elsewhere = store.create_job(new_job(other_dag.id, vec![])).await.unwrap().job;
@@ -670,6 +696,7 @@ mod cases {
                     to: JobStatus::Cancelled,
                     error: None,
                     at: now,
+                    owner: None,
                 })
                 .await
                 .unwrap()
@@ -706,9 +733,10 @@ mod cases {
         assert!(store.claim_job(free.id, "engine-x", later, now).await.unwrap());
         let much_later = later + Duration::minutes(10);
         assert_eq!(store.renew_job_leases("engine-x", much_later).await.unwrap(), 2);
-        assert_eq!(
+        assert_db_time(
+            store,
             store.get_job(free.id).await.unwrap().lease_expires_at,
-            Some(much_later.trunc_subsecs(6))
+            much_later,
         );
         assert_eq!(store.renew_job_leases("nobody", much_later).await.unwrap(), 0);
         assert!(
@@ -891,6 +919,7 @@ mod cases {
             to,
             error: error.map(str::to_owned),
             at,
+            owner: None,
         };
         for batched in [false, true] {
             let job = store.create_job(new_job(dag.id, vec![])).await.unwrap().job;
@@ -1012,6 +1041,7 @@ mod cases {
             to: JobStatus::Running,
             error: None,
             at: now,
+            owner: None,
         });
         let started = Instant::now();
         let outcome = store.commit_transitions(&batch).await.unwrap();
@@ -1227,10 +1257,8 @@ mod cases {
         assert_eq!(store.heartbeat_worker("w2", now, until).await.unwrap(), 0);
         let running = store.list_running_tasks_of_worker("w1").await.unwrap();
         assert_eq!(running.len(), 1);
-        assert_eq!(
-            (running[0].task_id.as_str(), running[0].lease_expires_at),
-            ("a", Some(until))
-        );
+        assert_eq!(running[0].task_id, "a");
+        assert_db_time(store, running[0].lease_expires_at, until);
         assert!(store.list_running_tasks_of_worker("w2").await.unwrap().is_empty());
         // Extending only the attempts the worker runs: an unknown row id
         // extends nothing, the real one is extended.
@@ -1263,7 +1291,7 @@ mod cases {
             "not w2's task"
         );
         let running = store.list_running_tasks_of_worker("w1").await.unwrap();
-        assert_eq!(running[0].lease_expires_at, Some(later));
+        assert_db_time(store, running[0].lease_expires_at, later);
 
         let err = store.heartbeat_worker("ghost", now, until).await.unwrap_err();
         assert!(matches!(&err, StoreError::WorkerNotFound { worker_id } if worker_id == "ghost"));
@@ -1277,7 +1305,7 @@ mod cases {
         let lost = store.mark_lost_workers(now - Duration::minutes(1)).await.unwrap();
         assert_eq!(lost.len(), 1);
         assert_eq!((lost[0].id.as_str(), lost[0].state), ("w1", WorkerState::Lost));
-        assert_eq!(lost[0].last_heartbeat, now - Duration::minutes(10));
+        assert_db_time(store, Some(lost[0].last_heartbeat), now - Duration::minutes(10));
         assert!(
             store
                 .mark_lost_workers(now - Duration::minutes(1))
@@ -1437,7 +1465,7 @@ mod cases {
             (e.fencing_token, e.attempt, e.priority, e.lost_count),
             (1, 0, 5, 0)
         );
-        assert_eq!(e.lease_expires_at, Some(now + Duration::seconds(30)));
+        assert_db_time(store, e.lease_expires_at, now + Duration::seconds(30));
         assert_eq!((e.started_at, e.updated_at), (Some(now), now));
 
         let second = store
@@ -1554,12 +1582,19 @@ mod cases {
             .unwrap()
             .job;
         assert!(store.request_cancel(third.id).await.unwrap());
+        assert!(
+            store
+                .transition_task(cas(third.id, "q", TaskStatus::Pending, 0, TaskStatus::Failed))
+                .await
+                .unwrap()
+        );
         let step = |from, to| JobTransition {
             job_id: third.id,
             from,
             to,
             error: None,
             at: now,
+            owner: None,
         };
         assert!(
             store
@@ -1779,34 +1814,32 @@ mod cases {
         }
     }
 
-    /// The tasks of a finished job are not claimed, and one that was running
-    /// on a lost worker is cancelled rather than queued again.
-    pub(super) async fn finished_jobs_are_neither_claimed_nor_requeued(store: &Store) {
-        if store.backend() != Backend::Postgres {
-            return;
-        }
+    /// A job finishes only when every one of its tasks has: a terminal job
+    /// transition loses while a task row is unfinished, and wins in the same
+    /// batch as the transitions that finish the last tasks (even when a task
+    /// moves twice in it). The tasks of the finished job are not claimed.
+    pub(super) async fn jobs_finish_only_when_their_tasks_have(store: &Store) {
         let now = now_micros();
         let dag = store.upsert_dag(new_dag("done", "h")).await.unwrap();
         let job = store
             .create_job(new_job(
                 dag.id,
-                vec![task("a", TaskStatus::Queued), task("b", TaskStatus::Queued)],
+                vec![
+                    task("a", TaskStatus::Running),
+                    task("b", TaskStatus::Queued),
+                    task("c", TaskStatus::Pending),
+                ],
             ))
             .await
             .unwrap()
             .job;
-        let claimed = store
-            .claim_tasks(&claim("dead", &["default"], &[dag.id], 1, now))
-            .await
-            .unwrap();
-        assert_eq!(claimed.len(), 1);
-        let running = claimed[0].execution.task_id.clone();
         let job_to = |from, to| JobTransition {
             job_id: job.id,
             from,
             to,
             error: None,
             at: now,
+            owner: None,
         };
         assert!(
             store
@@ -1814,33 +1847,127 @@ mod cases {
                 .await
                 .unwrap()
         );
+        for to in [JobStatus::Success, JobStatus::Failed, JobStatus::Cancelled] {
+            assert!(
+                !store
+                    .transition_job(job_to(JobStatus::Running, to))
+                    .await
+                    .unwrap(),
+                "the job went {to} with unfinished tasks"
+            );
+        }
+        // Finishing some tasks is not enough.
+        let batch = TransitionBatch {
+            tasks: vec![cas(job.id, "b", TaskStatus::Queued, 0, TaskStatus::Cancelled)],
+            jobs: vec![job_to(JobStatus::Running, JobStatus::Cancelled)],
+            ..TransitionBatch::default()
+        };
+        let outcome = store.commit_transitions(&batch).await.unwrap();
+        assert_eq!((outcome.tasks, outcome.jobs), (vec![true], vec![false]));
+        assert_eq!(store.get_job(job.id).await.unwrap().status, JobStatus::Running);
+        // The batch that finishes the last ones finishes the job; task `c`
+        // moves twice in it.
+        let batch = TransitionBatch {
+            tasks: vec![
+                cas(job.id, "a", TaskStatus::Running, 0, TaskStatus::Cancelled),
+                cas(job.id, "c", TaskStatus::Pending, 0, TaskStatus::Queued),
+                cas(job.id, "c", TaskStatus::Queued, 0, TaskStatus::Cancelled),
+            ],
+            jobs: vec![job_to(JobStatus::Running, JobStatus::Cancelled)],
+            ..TransitionBatch::default()
+        };
+        let outcome = store.commit_transitions(&batch).await.unwrap();
+        assert_eq!((outcome.tasks, outcome.jobs), (vec![true; 3], vec![true]));
+        assert_eq!(store.get_job(job.id).await.unwrap().status, JobStatus::Cancelled);
+        // A re-run that puts a task back is no finish either.
+        let batch = TransitionBatch {
+            tasks: vec![cas(job.id, "a", TaskStatus::Cancelled, 0, TaskStatus::Queued)],
+            jobs: vec![
+                job_to(JobStatus::Cancelled, JobStatus::Running),
+                job_to(JobStatus::Running, JobStatus::Success),
+            ],
+            ..TransitionBatch::default()
+        };
+        let outcome = store.commit_transitions(&batch).await.unwrap();
+        assert_eq!((outcome.tasks, outcome.jobs), (vec![true], vec![true, false]));
+        if store.backend() == Backend::Postgres {
+            let claimed = store
+                .claim_tasks(&claim("w", &["default"], &[dag.id], 10, now))
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            assert_eq!(claimed[0].execution.task_id, "a");
+        }
+    }
+
+    /// With an owner given, a job transition wins only while the job is
+    /// still that engine's: one whose lease lapsed and whose job was taken
+    /// over loses, whatever the job's status.
+    pub(super) async fn job_transitions_are_fenced_by_owner(store: &Store) {
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("fenced", "h")).await.unwrap();
+        let job = store
+            .create_job(new_job(dag.id, vec![task("a", TaskStatus::Success)]))
+            .await
+            .unwrap()
+            .job;
+        let by = |owner: &str, from, to| JobTransition {
+            job_id: job.id,
+            from,
+            to,
+            error: None,
+            at: now,
+            owner: Some(owner.to_owned()),
+        };
+        // Nobody owns it yet: an owner's transition loses.
         assert!(
-            store
-                .transition_job(job_to(JobStatus::Running, JobStatus::Cancelled))
+            !store
+                .transition_job(by("engine-a", JobStatus::Pending, JobStatus::Running))
                 .await
                 .unwrap()
         );
-
-        let again = store
-            .claim_tasks(&claim("w2", &["default"], &[dag.id], 10, now))
-            .await
-            .unwrap();
-        assert!(again.is_empty(), "claimed a task of a cancelled job: {again:?}");
-
-        let later = now + Duration::seconds(31);
-        let reaped = store.requeue_expired_tasks(later, 10).await.unwrap();
-        assert_eq!(reaped.len(), 1);
-        let t = &reaped[0];
-        assert_eq!(
-            (t.task_id.as_str(), t.status, t.lost_count, t.fencing_token),
-            (running.as_str(), TaskStatus::Cancelled, 1, 2)
-        );
-        assert_eq!((t.completed_at, t.worker.as_deref()), (Some(later), None));
         assert!(
-            t.error.as_deref().is_some_and(|e| e.contains("job finished")),
-            "{:?}",
-            t.error
+            store
+                .claim_job(
+                    job.id,
+                    "engine-a",
+                    now - Duration::seconds(1),
+                    now - Duration::seconds(2)
+                )
+                .await
+                .unwrap()
         );
+        assert!(
+            store
+                .transition_job(by("engine-a", JobStatus::Pending, JobStatus::Running))
+                .await
+                .unwrap()
+        );
+        // engine-a's lease lapsed; engine-b takes the job over.
+        assert!(
+            store
+                .claim_job(job.id, "engine-b", now + Duration::seconds(30), now)
+                .await
+                .unwrap()
+        );
+        let batch = TransitionBatch {
+            jobs: vec![by("engine-a", JobStatus::Running, JobStatus::Success)],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(store.commit_transitions(&batch).await.unwrap().jobs, [false]);
+        let stored = store.get_job(job.id).await.unwrap();
+        assert_eq!(
+            (stored.status, stored.owner.as_deref()),
+            (JobStatus::Running, Some("engine-b"))
+        );
+        assert!(
+            store
+                .transition_job(by("engine-b", JobStatus::Running, JobStatus::Success))
+                .await
+                .unwrap()
+        );
+        let stored = store.get_job(job.id).await.unwrap();
+        assert_eq!((stored.status, stored.owner), (JobStatus::Success, None));
     }
 
     pub(super) async fn requeue_expired(store: &Store) {
@@ -2728,7 +2855,8 @@ contract!(
         requeue_expired,
         reap_records_lost_attempts_and_fails_after_max_lost,
         values_that_cannot_be_stored_are_refused,
-        finished_jobs_are_neither_claimed_nor_requeued,
+        jobs_finish_only_when_their_tasks_have,
+        job_transitions_are_fenced_by_owner,
         notify_and_listen,
         batch_notifications_ignored_on_sqlite,
         leader_election,

@@ -54,6 +54,7 @@ fn start_job(job_id: JobId) -> JobTransition {
         to: JobStatus::Running,
         error: None,
         at: Utc::now(),
+        owner: None,
     }
 }
 

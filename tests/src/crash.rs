@@ -142,6 +142,50 @@ pub fn shell_sleep_dag() -> Dag {
     Dag::from_ir_json(ir).unwrap_or_else(|e| panic!("shell sleep IR: {e}"))
 }
 
+async fn fenced_step(ctx: TaskContext) -> TaskResult {
+    let dir = dir(&ctx)?;
+    let pid = std::process::id();
+    let task = ctx.task_id().to_owned();
+    mark(&dir, &task, &format!("start pid {pid} attempt {}", ctx.attempt()))?;
+    let ms = if task == "slow" {
+        ctx.params()["slow_ms"].as_u64().unwrap_or(8_000)
+    } else {
+        0
+    };
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        () = ctx.cancelled() => {
+            mark(&dir, &task, &format!("stopped pid {pid} attempt {}", ctx.attempt()))?;
+            return Err(TaskError::new("stopped"));
+        }
+    }
+    mark(&dir, &task, &format!("end pid {pid} attempt {}", ctx.attempt()))?;
+    Ok(json!({ "pid": pid }))
+}
+
+/// `first` → `slow` → `last`, with a success callback on the job; every
+/// handler marks `<dir>/<task>.log` with `start`, `end` or `stopped` (when
+/// its attempt is stopped), its pid and attempt; `slow` takes the `slow_ms`
+/// param (8 s by default); the callback marks `<dir>/callback.log`.
+pub fn fenced_dag() -> Dag {
+    let ir = r#"{"ir_version":1,"name":"fenced","on_success":"done","tasks":[
+        {"id":"first","handler":"step"},
+        {"id":"slow","handler":"step","depends_on":["first"]},
+        {"id":"last","handler":"step","depends_on":["slow"]}]}"#;
+    Dag::from_ir_json(ir)
+        .unwrap_or_else(|e| panic!("fenced IR: {e}"))
+        .with_handler("step", fenced_step)
+        .with_callback("done", |ctx: cascade_core::CallbackContext| async move {
+            let dir = ctx.params["dir"].as_str().unwrap_or_default().to_owned();
+            mark(
+                Path::new(&dir),
+                "callback",
+                &format!("success pid {}", std::process::id()),
+            )?;
+            Ok(())
+        })
+}
+
 /// A child engine process running one job, to be killed.
 #[derive(Debug)]
 pub struct Victim {

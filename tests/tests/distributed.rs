@@ -779,3 +779,161 @@ async fn cancel_reaches_handlers_on_workers() {
     cascade.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The attempts of each `part…` task of a job, by task.
+async fn part_attempts(cascade: &Cascade, job: JobId, width: usize) -> Vec<Vec<cascade_core::TaskAttempt>> {
+    let mut all = Vec::new();
+    for i in 0..width {
+        all.push(
+            cascade
+                .store()
+                .list_task_attempts(job, &format!("part{i}"))
+                .await
+                .expect("attempts"),
+        );
+    }
+    all
+}
+
+/// How many times each task of `job` was started, by process (`runs.log`:
+/// `<pid> <job> <task>` per handler start).
+fn starts(dir: &Path, job: JobId) -> HashMap<String, Vec<u32>> {
+    let mut starts: HashMap<String, Vec<u32>> = HashMap::new();
+    for line in std::fs::read_to_string(dir.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [pid, job_id, task] = fields[..]
+            && job_id == job.to_string()
+        {
+            starts
+                .entry(task.to_owned())
+                .or_default()
+                .push(pid.parse().expect("pid"));
+        }
+    }
+    starts
+}
+
+/// An all-in-one engine (the default role, as a web server that triggers
+/// jobs would have) takes over a job whose scheduler died while its tasks
+/// ran on a live worker: it leaves those tasks to their worker (they hold
+/// task leases), takes their outcomes from the store and runs the rest
+/// itself. No task runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_in_one_engine_takes_over_a_schedulers_job() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("mixed-all");
+    let client = client(&db.url).await;
+    let scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let worker = Node::start("worker", &db.url, 4, &[]);
+    let fan = dag_id(&client, "fan4").await;
+    let job = client
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 4_000 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    wait_parts_running(&client, job, 4).await;
+    wait_handlers_started(&dir, worker.pid(), 4).await;
+    scheduler.sigkill();
+    let all = Cascade::builder()
+        .database_url(&db.url)
+        .workers(4)
+        .lease_duration(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("all-in-one engine");
+    all.register_dag(dist::fan_dag(4)).await.expect("register");
+    let done = tokio::time::timeout(Duration::from_secs(60), all.wait_for_job(job))
+        .await
+        .expect("the job finishes")
+        .expect("wait");
+    assert_eq!(done.status, JobStatus::Success, "{:?}", done.error);
+    let owner = client.store().list_workers().await.expect("workers");
+    let worker_id = owner
+        .iter()
+        .find(|w| w.pid == i64::from(worker.pid()))
+        .map(|w| w.id.clone())
+        .expect("the worker's row");
+    for attempts in part_attempts(&client, job, 4).await {
+        let ran: Vec<_> = attempts.iter().map(|a| (a.status, a.worker.clone())).collect();
+        assert_eq!(
+            ran,
+            [(TaskStatus::Success, Some(worker_id.clone()))],
+            "a part ran again instead of being left to its live worker"
+        );
+    }
+    let starts = starts(&dir, job);
+    assert_eq!(starts.len(), 6, "start, 4 parts, finish: {starts:?}");
+    for i in 0..4 {
+        assert_eq!(starts[&format!("part{i}")], [worker.pid()], "{starts:?}");
+    }
+    assert_eq!(
+        starts["finish"],
+        [std::process::id()],
+        "the new owner runs the rest itself"
+    );
+    all.shutdown().await.expect("shutdown");
+    client.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scheduler takes over a job whose all-in-one engine died while running
+/// its tasks itself (held under the job's lease, with no task lease for the
+/// reaper to see): it records those attempts as lost and queues the tasks
+/// for the workers, which finish the job. No task completes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_takes_over_an_all_in_one_engines_job() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("mixed-scheduler");
+    let client = client(&db.url).await;
+    let all = Node::start("all", &db.url, 4, &[]);
+    let all_pid = all.pid();
+    let worker = Node::start("worker", &db.url, 4, &[]);
+    let fan = dag_id(&client, "fan4").await;
+    let job = client
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 4_000 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    wait_parts_running(&client, job, 4).await;
+    wait_handlers_started(&dir, all_pid, 4).await;
+    all.sigkill();
+    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
+    let done = tokio::time::timeout(Duration::from_secs(60), client.wait_for_job(job))
+        .await
+        .expect("the job finishes (a scheduler must not wait on tasks nobody runs)")
+        .expect("wait");
+    assert_eq!(done.status, JobStatus::Success, "{:?}", done.error);
+    for attempts in part_attempts(&client, job, 4).await {
+        let statuses: Vec<TaskStatus> = attempts.iter().map(|a| a.status).collect();
+        assert_eq!(
+            statuses,
+            [TaskStatus::Lost, TaskStatus::Success],
+            "the attempt lost with its engine is on record: {attempts:?}"
+        );
+    }
+    // Each part ran on the dead engine and once more, to its end, on the
+    // worker; nothing else ran twice.
+    let starts = starts(&dir, job);
+    assert_eq!(starts.len(), 6, "start, 4 parts, finish: {starts:?}");
+    for i in 0..4 {
+        assert_eq!(starts[&format!("part{i}")], [all_pid, worker.pid()], "{starts:?}");
+    }
+    assert_eq!(starts["start"], [all_pid]);
+    assert_eq!(starts["finish"], [worker.pid()]);
+    client.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

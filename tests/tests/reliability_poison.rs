@@ -318,6 +318,7 @@ async fn one_bad_row_does_not_hold_back_a_batch(url: &str) {
                 to: JobStatus::Running,
                 error: None,
                 at: Utc::now(),
+                owner: None,
             })
             .collect(),
         ..TransitionBatch::default()

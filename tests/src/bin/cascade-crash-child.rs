@@ -4,7 +4,7 @@
 //! Usage: `cascade-crash-child <database-url> <scenario> <dir> [lease-secs]`
 //! (the lease defaults to 1 s, so that a test's engine takes the job over
 //! soon after the kill even without knowing that the process is gone).
-//! Scenarios: `mid_task`, `retry_backoff`, `shell_env`, `shell_sleep`.
+//! Scenarios: `mid_task`, `retry_backoff`, `shell_env`, `shell_sleep`, `fenced`.
 
 use cascade_core::Cascade;
 use cascade_tests::crash::{self, Role};
@@ -31,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "retry_backoff" => crash::retry_backoff_dag(),
         "shell_env" => crash::shell_env_dag(),
         "shell_sleep" => crash::shell_sleep_dag(),
+        "fenced" => crash::fenced_dag(),
         other => return Err(format!("unknown scenario {other}").into()),
     };
     let record = cascade.register_dag(dag).await?;

@@ -1,5 +1,5 @@
 //! A node of a distributed Cascade deployment, for the multi-process tests:
-//! `cascade-node <scheduler|worker> <database-url> [capacity] [cron]`.
+//! `cascade-node <scheduler|worker|all> <database-url> [capacity] [cron]`.
 //! Registers the test DAGs (and the every-second cron DAG with `cron`), prints
 //! `ready`, and runs until SIGTERM.
 
@@ -14,12 +14,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (role, url) = match args.as_slice() {
         [_, role, url, ..] => (role.as_str(), url.as_str()),
-        _ => return Err("usage: cascade-node <scheduler|worker> <database-url> [capacity]".into()),
+        _ => return Err("usage: cascade-node <scheduler|worker|all> <database-url> [capacity]".into()),
     };
     let capacity = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(4);
     let role = match role {
         "scheduler" => Role::Scheduler,
         "worker" => Role::Worker,
+        "all" => Role::All,
         other => return Err(format!("unknown role {other}").into()),
     };
     let cascade = Cascade::builder()
