@@ -662,8 +662,12 @@ mod cases {
         // The owner may claim again; another engine only after the lease lapsed.
         assert!(store.claim_job(job.id, &owner, later, now).await.unwrap());
         assert!(!store.claim_job(job.id, "intruder", later, now).await.unwrap());
+        let before_end = later - Duration::seconds(1);
         assert!(
-            !store.claim_job(job.id, "intruder", later, later).await.unwrap(),
+            !store
+                .claim_job(job.id, "intruder", later, before_end)
+                .await
+                .unwrap(),
             "lease not yet expired"
         );
         let after = later + Duration::seconds(1);
