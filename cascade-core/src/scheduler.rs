@@ -1202,10 +1202,12 @@ impl Scheduler {
                 }
                 Timer::CancelGrace { job_id } if self.config.remote_dispatch => {
                     // Tasks still running on workers are cancelled in the store;
-                    // a late completion then loses its compare-and-set.
+                    // a late completion then loses its compare-and-set. So are
+                    // those a worker moved on meanwhile (a retry scheduled, a
+                    // lost claim re-queued), which nothing would run or settle.
                     if let Some(mut job) = self.jobs.remove(&job_id) {
                         for t in 0..job.tasks.len() {
-                            if job.tasks[t].status == TaskStatus::Running {
+                            if !job.tasks[t].status.is_terminal() {
                                 self.settle_unrun(&mut job, t, TaskStatus::Cancelled, batch);
                             }
                         }

@@ -497,7 +497,8 @@ fn plan_task_id(dag: &RegisteredDag, index: usize) -> String {
 /// store refuses the batch for a reason that belongs to one row (a value it
 /// cannot hold), each outcome is committed on its own instead and the
 /// refused one becomes a failure of its task, so that the others stand and
-/// no task goes back to the queue over it.
+/// no task goes back to the queue over it. A success refused because the
+/// job's cancel was requested meanwhile is committed as `cancelled`.
 async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Completion)>, rng: &mut u64) {
     let mut rows: Vec<(DagId, u32, TaskTransition)> = Vec::new();
     for (attempt, completion) in finished {
@@ -577,6 +578,65 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
     if rows.is_empty() {
         return;
     }
+    let committed = commit_outcomes(cascade, rows).await;
+    let refused = publish_outcomes(cascade, committed);
+    if refused.is_empty() {
+        return;
+    }
+    // A success the store refused with the current fencing token: the job's
+    // cancel was requested while the attempt ran (and before this worker
+    // heard of it). The attempt ends cancelled, settled by this worker.
+    let mut job_ids: Vec<JobId> = refused.iter().map(|(_, _, t)| t.job_id).collect();
+    job_ids.sort_unstable();
+    job_ids.dedup();
+    let requested = match cascade.raw_store().jobs_with_cancel_requests(&job_ids).await {
+        Ok(requested) => requested,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the cancel requests of refused outcomes; their tasks return when their leases lapse");
+            return;
+        }
+    };
+    let rows: Vec<(DagId, u32, TaskTransition)> = refused
+        .into_iter()
+        .filter_map(|(dag_id, number, transition)| {
+            if requested.contains(&transition.job_id) {
+                Some((dag_id, number, cancelled_instead(transition)))
+            } else {
+                tracing::warn!(
+                    job.id = %transition.job_id, task.id = %transition.task_id, token = transition.fencing_token,
+                    "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
+                );
+                None
+            }
+        })
+        .collect();
+    if !rows.is_empty() {
+        let committed = commit_outcomes(cascade, rows).await;
+        publish_outcomes(cascade, committed);
+    }
+}
+
+/// The outcome of an attempt whose success the store refused because its
+/// job's cancel was requested: the same attempt, ended `cancelled`.
+fn cancelled_instead(mut transition: TaskTransition) -> TaskTransition {
+    let error = Some("cancelled".to_owned());
+    transition.to = TaskStatus::Cancelled;
+    transition.changes.result = None;
+    transition.changes.error = error.clone();
+    if let Some(record) = &mut transition.changes.record_attempt {
+        record.status = TaskStatus::Cancelled;
+        record.error = error;
+        record.output = None;
+    }
+    transition
+}
+
+/// Commits outcomes in one batch; each is applied only if this worker still
+/// holds its task (fencing token), and announced only if it was.
+async fn commit_outcomes(
+    cascade: &Cascade,
+    rows: Vec<(DagId, u32, TaskTransition)>,
+) -> Vec<(DagId, u32, TaskTransition, bool)> {
     // Each outcome is announced only if its compare-and-set wins: a worker
     // that lost its lease never announces a change the database refused.
     let announce = |index: usize, number: u32, transition: &TaskTransition| {
@@ -595,54 +655,65 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
             .map(|(i, (_, n, t))| announce(i, *n, t))
             .collect(),
     };
-    let committed: Vec<(DagId, u32, TaskTransition, bool)> =
-        match cascade.raw_store().commit_transitions(&batch).await {
-            Ok(outcome) => rows
+    match cascade.raw_store().commit_transitions(&batch).await {
+        Ok(outcome) => rows
+            .into_iter()
+            .zip(outcome.tasks)
+            .map(|((dag_id, number, transition), won)| (dag_id, number, transition, won))
+            .collect(),
+        Err(error) if error.kind() == cascade_store::ErrorKind::Unavailable => {
+            tracing::error!(
+                %error, tasks = batch.tasks.len(),
+                "could not commit outcomes; the tasks return to the queue when their leases lapse"
+            );
+            Vec::new()
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::state::error_chain(&error), tasks = batch.tasks.len(),
+                "the store refused a batch of outcomes; committing each on its own"
+            );
+            let numbers: HashMap<(JobId, String), (DagId, u32)> = rows
+                .iter()
+                .map(|(dag_id, number, t)| ((t.job_id, t.task_id.clone()), (*dag_id, *number)))
+                .collect();
+            let state = StateManager::new(cascade.raw_store().clone());
+            let results = state
+                .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
+                    let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);
+                    vec![announce(0, number, t)]
+                })
+                .await;
+            results
                 .into_iter()
-                .zip(outcome.tasks)
-                .map(|((dag_id, number, transition), won)| (dag_id, number, transition, won))
-                .collect(),
-            Err(error) if error.kind() == cascade_store::ErrorKind::Unavailable => {
-                tracing::error!(
-                    %error, tasks = batch.tasks.len(),
-                    "could not commit outcomes; the tasks return to the queue when their leases lapse"
-                );
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    error = %crate::state::error_chain(&error), tasks = batch.tasks.len(),
-                    "the store refused a batch of outcomes; committing each on its own"
-                );
-                let numbers: HashMap<(JobId, String), (DagId, u32)> = rows
-                    .iter()
-                    .map(|(dag_id, number, t)| ((t.job_id, t.task_id.clone()), (*dag_id, *number)))
-                    .collect();
-                let state = StateManager::new(cascade.raw_store().clone());
-                let results = state
-                    .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
-                        let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);
-                        vec![announce(0, number, t)]
-                    })
-                    .await;
-                results
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|RowCommit { transition, won, .. }| {
-                        let &(dag_id, number) =
-                            numbers.get(&(transition.job_id, transition.task_id.clone()))?;
-                        Some((dag_id, number, transition, won))
-                    })
-                    .collect()
-            }
-        };
+                .flatten()
+                .filter_map(|RowCommit { transition, won, .. }| {
+                    let &(dag_id, number) = numbers.get(&(transition.job_id, transition.task_id.clone()))?;
+                    Some((dag_id, number, transition, won))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Publishes the events of the outcomes that won. Returns the successes the
+/// store refused, for the caller to find out why; other losers are logged.
+fn publish_outcomes(
+    cascade: &Cascade,
+    committed: Vec<(DagId, u32, TaskTransition, bool)>,
+) -> Vec<(DagId, u32, TaskTransition)> {
+    let mut refused = Vec::new();
     for (dag_id, number, transition, won) in committed {
         let update = update_of(number, &transition);
         if !won {
-            tracing::warn!(
-                job.id = %update.job_id, task.id = %update.task_id, token = update.token,
-                "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
-            );
+            if transition.to == TaskStatus::Success {
+                refused.push((dag_id, number, transition));
+            } else {
+                tracing::warn!(
+                    job.id = %update.job_id, task.id = %update.task_id, token = update.token,
+                    "late completion rejected: this worker lost the task (its fencing token is stale); the newer attempt stands"
+                );
+            }
             continue;
         }
         let kind = match update.status {
@@ -668,6 +739,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 .unwrap_or_else(Utc::now),
         }));
     }
+    refused
 }
 
 /// What the job's scheduler is told of a committed outcome.

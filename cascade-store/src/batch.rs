@@ -101,6 +101,9 @@ fn rounds<K: Hash + Eq + Ord + Copy>(keys: impl Iterator<Item = K>) -> Vec<Vec<u
 ///   other. Each `set_*` flag says whether its nullable column is written
 ///   (NULL included) or kept; the other optional columns keep their value
 ///   when the array holds NULL. `RETURNING` names the winners by input index.
+///   A transition to `success` loses while its job has a stored cancel
+///   request: once `cancel_job` has stored it, no attempt of the job
+///   commits a success, whoever ran it.
 /// - `ins`: the attempt records (`a.idx` = the input index of the transition
 ///   that carries it) of the winners of `upd`, in input order.
 /// - `jupd`: like `upd`, for jobs, also fenced by `owner` when one is given.
@@ -151,6 +154,8 @@ FROM (
     JOIN task_executions AS r
         ON r.job_id = v.job_id AND r.task_id = v.task_id
         AND r.status = v.from_status AND r.fencing_token = v.token
+    WHERE v.to_status <> 'success' OR NOT EXISTS (
+        SELECT 1 FROM jobs AS c WHERE c.id = v.job_id AND c.cancel_requested_at IS NOT NULL)
     ORDER BY r.id
     FOR UPDATE OF r
 ) AS v
@@ -574,7 +579,9 @@ pub(crate) async fn pg_apply(
 /// (`sqlite3_prepare_v3` was 17.5 % of CPU); this one is compiled once per
 /// connection. Every index of `task_executions` that covers an assigned
 /// column also covers `status` (always assigned) in its predicate, so
-/// assigning every column writes no more index entries than before.
+/// assigning every column writes no more index entries than before. As on
+/// PostgreSQL, a transition to `success` loses while its job has a stored
+/// cancel request.
 const SQLITE_TASK_CAS: &str = "\
 UPDATE task_executions SET
     status = ?,
@@ -591,7 +598,9 @@ UPDATE task_executions SET
     priority = coalesce(?, priority),
     retry_base = coalesce(?, retry_base),
     lost_count = CASE WHEN ? IS NULL THEN coalesce(?, lost_count) ELSE 0 END
-WHERE job_id = ? AND task_id = ? AND status = ? AND fencing_token = ?";
+WHERE job_id = ? AND task_id = ? AND status = ? AND fencing_token = ?
+    AND (? <> 'success' OR NOT EXISTS (
+        SELECT 1 FROM jobs WHERE jobs.id = task_executions.job_id AND jobs.cancel_requested_at IS NOT NULL))";
 
 static SQLITE_TASK_CAS_PARTS: LazyLock<Vec<&'static str>> =
     LazyLock::new(|| SQLITE_TASK_CAS.split('?').collect());
@@ -670,6 +679,7 @@ impl QueryFragment<Sqlite> for SqliteTaskCas<'_> {
             Of<t::task_id> => cas.task_id,
             Of<t::status> => cas.from,
             Of<t::fencing_token> => cas.fencing_token,
+            Of<t::status> => set.status,
         );
         out.push_sql(
             parts

@@ -13,7 +13,7 @@ use tracing::{debug, instrument};
 use crate::clock::DbTime;
 use crate::connect::{self, Pools, SqliteConn};
 use crate::error::{Result, StoreError};
-use crate::ids::{DagId, JobId, JobStatus};
+use crate::ids::{DagId, JobId, JobStatus, TaskStatus};
 use crate::json::JsonValue;
 use crate::model::{
     AttemptSummary, BatchOutcome, CreatedJob, DagRecord, DagVersion, Job, JobDetails, JobFilter,
@@ -900,7 +900,9 @@ impl Store {
     /// Records a request to cancel a job, if it is unfinished; returns whether
     /// it is (a finished job is left as it is). Whichever node runs the job
     /// reads the request from the row and cancels it; a notification only
-    /// wakes nodes up to look.
+    /// wakes nodes up to look. From then on no task of the job can commit
+    /// `success`: that compare-and-set loses, whoever runs the task, so an
+    /// attempt that was running when the request was stored ends otherwise.
     #[instrument(skip(self), err)]
     pub async fn request_cancel(&self, job_id: JobId) -> Result<bool> {
         let now = naive(rows::now());
@@ -1104,12 +1106,16 @@ impl Store {
     /// Compare-and-set on a task execution; `true` if the row was in `from`
     /// with the expected fencing token and now is in `to`.
     ///
-    /// A stale writer (wrong state or token) changes nothing and gets `false`.
+    /// A stale writer (wrong state or token) changes nothing and gets `false`,
+    /// and so does a transition to `success` while the job has a stored
+    /// cancel request ([`Store::request_cancel`]).
     #[instrument(skip_all, fields(job.id = %transition.job_id, task.id = %transition.task_id, from = %transition.from, to = %transition.to), err)]
     pub async fn transition_task(&self, transition: TaskTransition) -> Result<bool> {
         crate::values::check_task(&transition)?;
         let cas = TaskCas::new(&transition, naive(rows::now()));
-        let won = if cas.attempt.is_none() {
+        // A success must also find no cancel request on its job, which only
+        // the batch statements check.
+        let won = if cas.attempt.is_none() && cas.set.status != TaskStatus::Success.as_str() {
             // A single statement needs no explicit transaction.
             let n = match &self.inner.pools {
                 Pools::Pg(_) => write_one!(self, |c| rows::task_cas_query!(cas).execute(c).await),
@@ -1146,7 +1152,8 @@ impl Store {
     ///
     /// Task transitions apply in order (a later transition of the same task
     /// sees the earlier one), then job transitions. Attempt records are
-    /// written only for winning task transitions. If the transaction fails,
+    /// written only for winning task transitions. A transition to `success`
+    /// loses while its job has a stored cancel request. If the transaction fails,
     /// nothing is applied and the error is returned; a value that cannot be
     /// stored (a NUL character in a text or JSON string, JSON nested deeper
     /// than can be read back) fails the whole batch with

@@ -551,6 +551,10 @@ impl Drop for ThrowawayCluster {
 ///   closed, new ones are forwarded again.
 /// - [`TcpProxy::reset`] closes every current connection at once (the
 ///   peer sees them end), without changing whether new ones are forwarded.
+/// - [`TcpProxy::hold`] delays: nothing is forwarded, but everything sent
+///   meanwhile is kept and delivered, in order, on [`TcpProxy::release`]
+///   (a stalled link or a paused host: the statement a client sent reaches
+///   the server late).
 ///
 /// Dropping the proxy closes everything.
 #[derive(Debug)]
@@ -563,6 +567,7 @@ pub struct TcpProxy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct ProxyState {
     cut: bool,
+    held: bool,
     resets: u64,
 }
 
@@ -614,6 +619,18 @@ impl TcpProxy {
     pub fn reset(&self) {
         self.state.send_modify(|state| state.resets += 1);
     }
+
+    /// Stops forwarding, in both directions, on every connection, current
+    /// and new, without losing anything: what arrives meanwhile is delivered
+    /// on [`TcpProxy::release`].
+    pub fn hold(&self) {
+        self.state.send_modify(|state| state.held = true);
+    }
+
+    /// Ends a hold: what was held is delivered, and forwarding goes on.
+    pub fn release(&self) {
+        self.state.send_modify(|state| state.held = false);
+    }
 }
 
 impl Drop for TcpProxy {
@@ -637,8 +654,14 @@ async fn proxy_connection(
     let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
         return;
     };
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let forward = futures_util::future::join(
+        forward(client_read, upstream_write, states.clone()),
+        forward(upstream_read, client_write, states.clone()),
+    );
     let interrupted = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => None,
+        _ = forward => None,
         state = states.wait_for(|s| s.cut || s.resets != born.resets) => state.ok().map(|s| *s),
     };
     if let Some(state) = interrupted
@@ -648,6 +671,27 @@ async fn proxy_connection(
         // Both sockets stay open and silent until the cut ends.
         let _ = states.wait_for(|s| !s.cut || s.resets != born.resets).await;
     }
+}
+
+/// Copies one direction of a proxied connection; while the proxy holds,
+/// what was read waits here (and what follows in the socket buffers).
+async fn forward(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    mut states: tokio::sync::watch::Receiver<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if states.wait_for(|s| !s.held).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Applies only the first `n` embedded migrations to the database at `url`

@@ -1625,6 +1625,87 @@ mod cases {
         assert_eq!(jobs, [other.id]);
     }
 
+    /// Once a job's cancel is requested, an attempt that was running then
+    /// cannot commit `success`, through any verb; other outcomes, and the
+    /// successes of other jobs, still commit.
+    pub(super) async fn no_success_after_a_cancel_request(store: &Store) {
+        let now = now_micros();
+        let dag = store.upsert_dag(new_dag("cancel_success", "h")).await.unwrap();
+        let tasks = || vec![task("a", TaskStatus::Queued), task("b", TaskStatus::Queued)];
+        let job = store.create_job(new_job(dag.id, tasks())).await.unwrap().job;
+        let other = store.create_job(new_job(dag.id, tasks())).await.unwrap().job;
+        let attempt = |job_id, task_id: &str, status| TaskAttempt {
+            job_id,
+            task_id: task_id.to_owned(),
+            attempt: 1,
+            status,
+            worker: Some("w".to_owned()),
+            error: None,
+            output: None,
+            started_at: Some(now),
+            finished_at: Some(now),
+        };
+        let success = |job_id, task_id: &str| {
+            let mut done = cas(job_id, task_id, TaskStatus::Running, 1, TaskStatus::Success);
+            done.changes.result = Some(json!("done"));
+            done.changes.completed_at = Some(now);
+            done.changes.record_attempt = Some(attempt(job_id, task_id, TaskStatus::Success));
+            done
+        };
+        // Both tasks of both jobs run (claimed before the request).
+        let start = |job_id, task_id: &str| {
+            let mut start = cas(job_id, task_id, TaskStatus::Queued, 0, TaskStatus::Running);
+            start.changes = TaskChanges {
+                attempt: Some(1),
+                fencing_token: Some(1),
+                worker: Some("w".to_owned()),
+                started_at: Some(now),
+                ..TaskChanges::default()
+            };
+            start
+        };
+        let starts = TransitionBatch {
+            tasks: vec![start(job.id, "a"), start(job.id, "b"), start(other.id, "a")],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(
+            store.commit_transitions(&starts).await.unwrap().tasks,
+            [true, true, true]
+        );
+        assert!(store.request_cancel(job.id).await.unwrap());
+
+        let batch = TransitionBatch {
+            tasks: vec![success(job.id, "a"), success(other.id, "a")],
+            ..TransitionBatch::default()
+        };
+        assert_eq!(
+            store.commit_transitions(&batch).await.unwrap().tasks,
+            [false, true],
+            "the cancelled job's success loses; the other job's wins"
+        );
+        let mut bare = success(job.id, "b");
+        bare.changes.record_attempt = None;
+        assert!(
+            !store.transition_task(bare).await.unwrap(),
+            "a single transition to success loses too"
+        );
+        let rows = store.list_task_executions_for_job(job.id).await.unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| (r.status, r.fencing_token, r.result.clone()) == (TaskStatus::Running, 1, None)),
+            "{rows:?}"
+        );
+        assert!(store.list_task_attempts(job.id, "a").await.unwrap().is_empty());
+
+        // The attempt ends otherwise: cancelled, with its record.
+        let mut cancelled = cas(job.id, "a", TaskStatus::Running, 1, TaskStatus::Cancelled);
+        cancelled.changes.completed_at = Some(now);
+        cancelled.changes.record_attempt = Some(attempt(job.id, "a", TaskStatus::Cancelled));
+        assert!(store.transition_task(cancelled).await.unwrap());
+        let attempts = store.list_task_attempts(job.id, "a").await.unwrap();
+        assert_eq!(attempts, [attempt(job.id, "a", TaskStatus::Cancelled)]);
+    }
+
     pub(super) async fn claim_tasks_by_labels(store: &Store) {
         let now = now_micros();
         let dag = store.upsert_dag(new_dag("labels", "h")).await.unwrap();
@@ -2854,6 +2935,7 @@ contract!(
         claim_tasks_filters,
         claim_tasks_by_labels,
         cancel_requests_are_stored_and_stop_claims,
+        no_success_after_a_cancel_request,
         claim_tasks_priority_at_creation,
         claim_tasks_concurrent,
         requeue_expired,
