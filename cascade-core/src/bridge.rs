@@ -160,9 +160,22 @@ async fn handle(cascade: &Cascade, notification: Notification) {
 }
 
 /// Sends this engine's events to the other nodes, in order, in batches: one
-/// transaction of `pg_notify` calls per batch.
-pub(crate) async fn forward_events(engine: Weak<Inner>, mut outbox: mpsc::UnboundedReceiver<Event>) {
-    while let Some(first) = outbox.recv().await {
+/// transaction of `pg_notify` calls per batch. Once `stop` fires it sends
+/// what is queued and returns.
+pub(crate) async fn forward_events(
+    engine: Weak<Inner>,
+    mut outbox: mpsc::UnboundedReceiver<Event>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            first = outbox.recv() => first,
+            () = stop.cancelled() => outbox.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            return;
+        };
         let Some(cascade) = engine.upgrade().map(Cascade::from_inner) else {
             return;
         };

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dag::Dag;
 use crate::error::{Error, Result};
@@ -310,6 +311,7 @@ impl CascadeBuilder {
         let (commands, inbox) = mpsc::channel(1024);
         let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
         let active = ActiveJobs::default();
+        let tasks = TaskTracker::new();
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 workers,
@@ -319,6 +321,7 @@ impl CascadeBuilder {
                 remote_dispatch: role == Role::Scheduler,
                 limits,
                 active: active.clone(),
+                tasks: tasks.clone(),
             },
             StateManager::with_outage_timeout(
                 store.clone(),
@@ -354,6 +357,9 @@ impl CascadeBuilder {
                 max_lost,
                 worker_drained: Mutex::new(None),
                 membership: Mutex::new(None),
+                tasks,
+                forwarder: Mutex::new(None),
+                events_stop: CancellationToken::new(),
             }),
         };
         let weak = Arc::downgrade(&cascade.inner);
@@ -380,34 +386,56 @@ impl CascadeBuilder {
                 timestamp: Utc::now(),
             }));
         }
+        // The background loops stop at shutdown even in the middle of a
+        // round (a cron tick being fired, a notification being handled):
+        // nothing of theirs happens once `shutdown` has returned.
+        let tasks = &cascade.inner.tasks;
         if role != Role::Worker {
-            tokio::spawn(leases::keep_leases(weak.clone(), stop.clone()));
-            tokio::spawn(cron::run_cron(weak.clone(), stop.clone()));
+            spawn_until_stopped(tasks, &stop, leases::keep_leases(weak.clone(), stop.clone()));
+            spawn_until_stopped(tasks, &stop, cron::run_cron(weak.clone(), stop.clone()));
         }
         if distributed && role != Role::Worker {
             // Schedulers elect the one that fires cron ticks and reaps leases.
-            tokio::spawn(leader::run_leader(
-                weak.clone(),
-                heartbeat_interval,
-                heartbeat_interval * 3,
-                stop.clone(),
-            ));
+            spawn_until_stopped(
+                tasks,
+                &stop,
+                leader::run_leader(
+                    weak.clone(),
+                    heartbeat_interval,
+                    heartbeat_interval * 3,
+                    stop.clone(),
+                ),
+            );
         }
         if distributed {
-            tokio::spawn(bridge::run_listener(weak.clone(), role, stop.clone()));
+            spawn_until_stopped(
+                tasks,
+                &stop,
+                bridge::run_listener(weak.clone(), role, stop.clone()),
+            );
         }
         if let Some(outbox_rx) = outbox_rx {
-            tokio::spawn(bridge::forward_events(weak.clone(), outbox_rx));
+            // Stopped last, once the events of the shutdown itself are out.
+            let forwarder = tokio::spawn(bridge::forward_events(
+                weak.clone(),
+                outbox_rx,
+                cascade.inner.events_stop.clone(),
+            ));
+            *cascade.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = Some(forwarder);
         }
         if distributed && role != Role::Worker {
             // Notifications normally carry every update; the fallback can be
             // slow. An all-in-one engine needs it only for the tasks of jobs
             // it took over from a scheduler that still run on workers.
-            tokio::spawn(reconcile(
-                weak.clone(),
-                (poll_interval * 5).max(Duration::from_secs(2)),
-                stop.clone(),
-            ));
+            spawn_until_stopped(
+                tasks,
+                &stop,
+                reconcile(
+                    weak.clone(),
+                    (poll_interval * 5).max(Duration::from_secs(2)),
+                    stop.clone(),
+                ),
+            );
         }
         if role == Role::Worker {
             let (drained, drained_rx) = oneshot::channel();
@@ -427,10 +455,28 @@ impl CascadeBuilder {
                 task_lease: heartbeat_interval * 3,
                 cancel_grace,
             };
-            tokio::spawn(worker::run_worker(weak, config, cancels_rx, stop, drained));
+            // It drains at shutdown rather than stopping mid-round.
+            tasks.spawn(worker::run_worker(weak, config, cancels_rx, stop, drained));
         }
         Ok(cascade)
     }
+}
+
+/// Spawns a background loop onto `tasks`, dropped wherever it is once `stop`
+/// fires: in-flight store calls are abandoned (a transaction is rolled back),
+/// so the shutdown that awaits `tasks` never waits on one.
+fn spawn_until_stopped(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = work => {}
+        }
+    });
 }
 
 /// The polling fallback of a scheduler in distributed mode: re-reads the
@@ -559,6 +605,13 @@ pub(crate) struct Inner {
     worker_drained: Mutex<Option<oneshot::Receiver<()>>>,
     /// An all-in-one engine's registration in the `workers` table.
     membership: Mutex<Option<JoinHandle<()>>>,
+    /// The background loops, the worker loop and the callbacks in flight,
+    /// which the shutdown awaits.
+    pub(crate) tasks: TaskTracker,
+    /// Sends this engine's events to the other nodes (distributed mode).
+    forwarder: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the event forwarder once it has sent what is queued.
+    events_stop: CancellationToken,
     /// What task results and job params may be.
     pub(crate) limits: Limits,
     /// How often a task may be lost before the reaper fails it.
@@ -1359,6 +1412,12 @@ impl Cascade {
     /// to the shutdown timeout and their results are committed. Attempts still
     /// running then are stopped and stay `running` in the store; the next
     /// engine that registers their DAG resumes them.
+    ///
+    /// The cron loop, the lease keeper, the leader's reaper and the
+    /// notification listener stop at once, even in the middle of a round, and
+    /// callbacks already running are awaited (again up to the shutdown
+    /// timeout): once this returns, nothing of this engine fires, adopts or
+    /// calls back.
     #[tracing::instrument(skip(self), err)]
     pub async fn shutdown(&self) -> Result<()> {
         let handle = {
@@ -1400,6 +1459,19 @@ impl Cascade {
         if let Err(error) = handle.await {
             tracing::error!(%error, "scheduler task ended abnormally");
         }
+        // The background loops have stopped or are stopping; callbacks of
+        // the last commits may still run. Jobs are released only after this,
+        // so that no loop can take one up again behind the release.
+        self.inner.tasks.close();
+        if tokio::time::timeout(self.inner.shutdown_timeout, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = self.inner.tasks.len(),
+                "callbacks still running after the shutdown timeout are left behind"
+            );
+        }
         // Unfinished jobs are free for the next engine at once, without waiting
         // for their leases to lapse.
         match self.inner.store.release_jobs(&self.inner.worker_id).await {
@@ -1431,6 +1503,20 @@ impl Cascade {
                 worker: self.inner.worker_id.clone(),
                 timestamp: Utc::now(),
             }));
+        }
+        self.inner.events_stop.cancel();
+        let forwarder = self
+            .inner
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(forwarder) = forwarder
+            && tokio::time::timeout(self.inner.shutdown_timeout, forwarder)
+                .await
+                .is_err()
+        {
+            tracing::warn!("could not share the last events with other nodes in time");
         }
         owner::retire(&self.inner.worker_id);
         tracing::info!(worker = %self.inner.worker_id, "cascade engine stopped");

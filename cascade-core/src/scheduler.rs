@@ -211,6 +211,8 @@ pub(crate) struct SchedulerConfig {
     /// The jobs this scheduler runs, shared with the lease keeper, which
     /// renews exactly these.
     pub(crate) active: ActiveJobs,
+    /// Where callbacks and repairs run, so that the shutdown awaits them.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 /// The ids of the jobs a scheduler runs, readable without asking it.
@@ -1668,10 +1670,12 @@ impl Scheduler {
             Effect::Publish(event) => self.events.publish(event),
             Effect::Spawn { job_id, task } => self.spawn(job_id, task),
             Effect::Callback(callback, ctx) => {
-                tokio::spawn(async move {
+                self.config.tasks.spawn(async move {
                     let job_id = ctx.job_id;
                     let task_id = ctx.task_id.clone();
-                    match tokio::spawn(callback(ctx)).await {
+                    // Called inside its own task, so that a callback that
+                    // panics even before its first await is caught too.
+                    match tokio::spawn(async move { callback(ctx).await }).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
                             tracing::error!(job.id = %job_id, task.id = ?task_id, %error, "callback returned an error")
@@ -1800,7 +1804,7 @@ impl Scheduler {
         let state = self.state.clone();
         let reports = self.reports.clone();
         let events = self.events.clone();
-        tokio::spawn(async move {
+        self.config.tasks.spawn(async move {
             let results = state.commit_each(transitions, |_| Vec::new()).await;
             for result in &results {
                 match result {

@@ -765,6 +765,54 @@ pub async fn execute_sql(url: &str, sql: &str) {
     }
 }
 
+/// A PostgreSQL session of the test's own: one connection with the `cascade`
+/// schema first on its search path, kept open across awaits, so that a test
+/// can hold a transaction and its locks while the engine runs.
+pub struct PgSession {
+    conn: AsyncPgConnection,
+}
+
+impl std::fmt::Debug for PgSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSession").finish_non_exhaustive()
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+impl PgSession {
+    /// Connects to the database at `url`.
+    pub async fn connect(url: &str) -> PgSession {
+        let mut conn = AsyncPgConnection::establish(url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {} failed: {e}", url::mask_password(url)));
+        conn.batch_execute("SET search_path TO cascade, public")
+            .await
+            .expect("search_path");
+        PgSession { conn }
+    }
+
+    /// Runs SQL statements (`BEGIN`, `INSERT …`, `ROLLBACK`…) in this session.
+    pub async fn execute(&mut self, sql: &str) {
+        self.conn
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs a query whose one row has one `bigint` column named `n`.
+    pub async fn count(&mut self, sql: &str) -> i64 {
+        let count: Count = diesel_async::RunQueryDsl::get_result(diesel::sql_query(sql), &mut self.conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        count.n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

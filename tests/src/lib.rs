@@ -103,6 +103,18 @@ impl Log {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; panics after 60 s.
+pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads `events` until a task event of `kind` arrives (for `task`, or any
 /// task when `None`); panics after 10 s without one.
 pub async fn wait_for_task_event(events: &mut EventStream, task: Option<&str>, kind: TaskEventKind) {

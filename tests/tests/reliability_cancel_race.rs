@@ -5,25 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cascade_core::{Cascade, Dag, JobStatus, Role, TaskContext, TaskStatus};
 use cascade_store::testing::{TcpProxy, ThrowawayCluster};
-use cascade_tests::{dag_from, init_tracing, ir};
+use cascade_tests::{dag_from, init_tracing, ir, wait_for};
 use serde_json::json;
 use tokio::sync::Notify;
-
-/// Waits (up to 60 s) until `check` holds.
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[derive(Clone, Default)]
 struct Held {
@@ -90,14 +78,14 @@ async fn a_worker_success_after_the_cancel_request_is_refused() {
         .await
         .expect("trigger")
         .id;
-    wait_until("the handler runs on the worker", async || {
+    wait_for("the handler runs on the worker", async || {
         held.started.load(Ordering::SeqCst)
     })
     .await;
 
     proxy.hold();
     held.go.notify_one();
-    wait_until("the handler returned", async || {
+    wait_for("the handler returned", async || {
         held.returned.load(Ordering::SeqCst)
     })
     .await;
@@ -105,7 +93,7 @@ async fn a_worker_success_after_the_cancel_request_is_refused() {
         let scheduler = scheduler.clone();
         async move { scheduler.cancel_job(job).await }
     });
-    wait_until("the cancel request is stored", async || {
+    wait_for("the cancel request is stored", async || {
         scheduler
             .store()
             .get_job(job)
