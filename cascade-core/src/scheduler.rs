@@ -1397,8 +1397,7 @@ impl Scheduler {
             return;
         };
         let task = &mut job.tasks[t];
-        let newer = update.token > task.token || (update.token == task.token && update.status != task.status);
-        if !newer || !matches!(task.status, TaskStatus::Queued | TaskStatus::Running) {
+        if !remote_is_newer(task.status, task.token, update.status, update.token) {
             return;
         }
         task.token = update.token;
@@ -1981,6 +1980,27 @@ fn effect_job(effect: &Effect) -> Option<JobId> {
     }
 }
 
+/// Whether a task change read from the store (a worker's claim or outcome,
+/// the reaper's) moves the scheduler's view of the task forward. Only queued
+/// and running tasks are changed by others. Fencing tokens only grow: a
+/// claim or a reaping brings a new one. With the token the scheduler knows,
+/// the only change that can follow is the outcome of the running attempt; a
+/// row read while it said `up_for_retry` (or `running`) that arrives after
+/// the scheduler queued the retry is older than what it knows, and applying
+/// it again would replay the retry (and its `on_retry`).
+fn remote_is_newer(known: TaskStatus, known_token: i64, update: TaskStatus, update_token: i64) -> bool {
+    if !matches!(known, TaskStatus::Queued | TaskStatus::Running) {
+        return false;
+    }
+    update_token > known_token
+        || (update_token == known_token
+            && known == TaskStatus::Running
+            && !matches!(
+                update,
+                TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running
+            ))
+}
+
 fn count_outcome(counts: &mut DepCounts, status: TaskStatus) {
     match status {
         TaskStatus::Success => counts.success += 1,
@@ -2093,6 +2113,30 @@ mod tests {
             failed,
             skipped,
         }
+    }
+
+    #[test]
+    fn remote_updates_never_move_a_task_back() {
+        use TaskStatus::*;
+        // A claim (new token), then the attempt's outcome (same token).
+        assert!(remote_is_newer(Queued, 0, Running, 1));
+        assert!(remote_is_newer(Running, 1, UpForRetry, 1));
+        assert!(remote_is_newer(Running, 1, Success, 1));
+        assert!(remote_is_newer(Running, 1, Cancelled, 1));
+        // The reaper re-queues or fails with a new token.
+        assert!(remote_is_newer(Running, 1, Queued, 2));
+        assert!(remote_is_newer(Running, 1, Failed, 2));
+        // The retry was queued (token kept): the `up_for_retry` row read
+        // before, or the claim's `running`, is old news.
+        assert!(!remote_is_newer(Queued, 1, UpForRetry, 1));
+        assert!(!remote_is_newer(Queued, 1, Running, 1));
+        // Repeats and older tokens change nothing.
+        assert!(!remote_is_newer(Running, 1, Running, 1));
+        assert!(!remote_is_newer(Running, 2, Success, 1));
+        assert!(!remote_is_newer(Queued, 2, Running, 1));
+        // Settled tasks are the scheduler's alone.
+        assert!(!remote_is_newer(UpForRetry, 1, Running, 2));
+        assert!(!remote_is_newer(Success, 1, Failed, 2));
     }
 
     #[test]

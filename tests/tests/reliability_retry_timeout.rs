@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cascade_core::{
-    Cascade, Dag, Event, JobStatus, TaskContext, TaskError, TaskEventKind, TaskStatus, Topic,
+    CallbackContext, Cascade, Dag, Event, JobStatus, Role, TaskContext, TaskError, TaskEventKind, TaskStatus,
+    Topic,
 };
-use cascade_tests::{backend_tests, dag_from, engine, run_job, wait_for_task_event};
+use cascade_tests::{
+    Log, backend_tests, dag_from, engine, init_tracing, postgres_url, run_job, wait_for_task_event,
+};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -272,4 +275,73 @@ async fn retry_scheduled_before_a_restart_runs_after_it(url: &str) {
         "retry ran before its backoff: {second_start} < {next_attempt_at}"
     );
     second.shutdown().await.expect("shutdown");
+}
+
+/// Distributed mode: a task that a worker runs and that fails on every
+/// attempt fires `on_retry` exactly once per retry, however often the
+/// scheduler reads its row (each notification of the worker makes it read
+/// the row again, and so does its polling fallback, so a row read while it
+/// still said `up_for_retry` may arrive after the retry was queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_retry_fires_once_per_retry_on_workers() {
+    init_tracing();
+    let Some(db) = postgres_url().await else {
+        return;
+    };
+    const TASKS: usize = 10;
+    const RETRIES: usize = 2;
+    let retried = Log::default();
+    let dag = || {
+        let tasks: Vec<serde_json::Value> = (0..TASKS)
+            .map(|i| {
+                json!({
+                    "id": format!("t{i}"), "handler": "fail", "retries": RETRIES,
+                    "retry_delay": 0, "retry_jitter": false, "on_retry": "count"
+                })
+            })
+            .collect();
+        let ir = json!({ "ir_version": 1, "name": "always_fails", "tasks": tasks });
+        let retried = retried.clone();
+        dag_from(&ir.to_string())
+            .with_handler("fail", |ctx: TaskContext| async move {
+                Err(TaskError::new(format!("attempt {} fails", ctx.attempt())))
+            })
+            .with_callback("count", move |ctx: CallbackContext| {
+                let retried = retried.clone();
+                async move {
+                    retried.push(format!("{} {}", ctx.task_id.unwrap_or_default(), ctx.attempt));
+                    Ok(())
+                }
+            })
+    };
+    let scheduler = Cascade::builder()
+        .database_url(&db.url)
+        .role(Role::Scheduler)
+        .heartbeat_interval(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .expect("scheduler");
+    let worker = Cascade::builder()
+        .database_url(&db.url)
+        .role(Role::Worker)
+        .capacity(TASKS)
+        .heartbeat_interval(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .expect("worker");
+    worker.register_dag(dag()).await.expect("register");
+    let job = run_job(&scheduler, dag()).await;
+    assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+    // The shutdown waits for the callbacks in flight.
+    scheduler.shutdown().await.expect("shutdown");
+    worker.shutdown().await.expect("shutdown");
+    let mut fired = retried.entries();
+    fired.sort();
+    let mut expected: Vec<String> = (0..TASKS)
+        .flat_map(|i| (1..=RETRIES).map(move |attempt| format!("t{i} {attempt}")))
+        .collect();
+    expected.sort();
+    assert_eq!(fired, expected, "on_retry fired once per retry");
 }
