@@ -37,6 +37,21 @@ macro_rules! backend_tests {
     )*};
 }
 
+/// A test that cannot run here (a tool or a file it needs is missing): a
+/// failure under `CASCADE_REQUIRE_POSTGRES=1`, where every test must run,
+/// and otherwise a loud banner. The caller returns after it.
+pub fn cannot_run(reason: &str) {
+    assert!(
+        std::env::var("CASCADE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+        "CASCADE_REQUIRE_POSTGRES=1, but this test cannot run: {reason}"
+    );
+    eprintln!(
+        "\n==================================================================\n\
+         SKIPPING: {reason}\n\
+         ==================================================================\n"
+    );
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     static ONCE: Once = Once::new();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use cascade_core::{
     Cascade, DagId, Error, Event, JobFilter, JobId, JobStatus, Role, TaskStatus, Topic, WorkerEventKind,
 };
+use cascade_store::testing::{TcpProxy, ThrowawayCluster};
 use cascade_tests::{dist, init_tracing, postgres_url, sqlite_url};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -537,88 +538,20 @@ async fn cancel_from_another_node() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A TCP proxy to PostgreSQL that the test can cut, as if the network to the
-/// database failed for the processes behind it.
-struct Proxy {
-    port: u16,
-    cut: tokio_util_like::Cut,
-}
-
-mod tokio_util_like {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// A shared "the network is down" flag.
-    #[derive(Clone, Default)]
-    pub(super) struct Cut(Arc<AtomicBool>);
-
-    impl Cut {
-        pub(super) fn set(&self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-
-        pub(super) fn is_set(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let cut = tokio_util_like::Cut::default();
-        let flag = cut.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if flag.is_set() {
-                    continue;
-                }
-                let flag = flag.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
-                        return;
-                    };
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    tokio::pin!(copy);
-                    loop {
-                        tokio::select! {
-                            _ = &mut copy => return,
-                            () = tokio::time::sleep(Duration::from_millis(20)) => {
-                                if flag.is_set() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    /// The database URL through this proxy.
-    fn url(&self, direct: &str) -> String {
-        direct.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port), 1)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_cut_off_from_the_database_stops_its_attempts() {
     init_tracing();
-    let Some(db) = postgres_url().await else { return };
-    if !db.url.contains("127.0.0.1:5432") {
-        eprintln!("skipping: the proxy test needs PostgreSQL on 127.0.0.1:5432");
+    // A cluster of the test's own, on whatever port it got, with a proxy in
+    // front of it for the worker that loses the network.
+    let Some(cluster) = ThrowawayCluster::start().await else {
         return;
-    }
+    };
+    let url = cluster.url();
     let dir = temp_dir("cutoff");
-    let proxy = Proxy::start().await;
-    let cascade = client(&db.url).await;
-    let _scheduler = Node::start("scheduler", &db.url, 4, &[]);
-    let cut_off = Node::start("worker", &proxy.url(&db.url), 4, &[]);
+    let proxy = TcpProxy::start(cluster.addr()).await;
+    let cascade = client(&url).await;
+    let _scheduler = Node::start("scheduler", &url, 4, &[]);
+    let cut_off = Node::start("worker", &proxy.url_through(&url), 4, &[]);
     let fan = dag_id(&cascade, "fan4").await;
     let job = cascade
         .trigger_job(
@@ -632,11 +565,12 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
     // A claimed row is `running` before its handler starts; cut the network
     // only once all four handlers run on the worker.
     wait_handlers_started(&dir, cut_off.pid(), 4).await;
-    proxy.cut.set();
+    // A dead link: nothing gets through any more, and nothing says so.
+    proxy.cut();
     let cut_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let _rescuer = Node::start("worker", &db.url, 4, &[]);
+    let _rescuer = Node::start("worker", &url, 4, &[]);
     wait_all(&cascade, &[job], Duration::from_secs(60)).await;
     let details = cascade.store().get_job_with_details(job).await.expect("job");
     assert_eq!(details.job.status, JobStatus::Success, "{:?}", details.job.error);
