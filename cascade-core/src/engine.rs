@@ -310,6 +310,7 @@ impl CascadeBuilder {
         let events = EventBus::new(self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY), outbox);
         let (commands, inbox) = mpsc::channel(1024);
         let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
+        let store_outage_timeout = self.store_outage_timeout.unwrap_or(DEFAULT_STORE_OUTAGE_TIMEOUT);
         let active = ActiveJobs::default();
         let tasks = TaskTracker::new();
         let scheduler = Scheduler::new(
@@ -323,10 +324,7 @@ impl CascadeBuilder {
                 active: active.clone(),
                 tasks: tasks.clone(),
             },
-            StateManager::with_outage_timeout(
-                store.clone(),
-                self.store_outage_timeout.unwrap_or(DEFAULT_STORE_OUTAGE_TIMEOUT),
-            ),
+            StateManager::with_outage_timeout(store.clone(), store_outage_timeout),
             events.clone(),
             inbox,
             commands.downgrade(),
@@ -454,6 +452,7 @@ impl CascadeBuilder {
                 poll_interval,
                 task_lease: heartbeat_interval * 3,
                 cancel_grace,
+                store_outage_timeout,
             };
             // It drains at shutdown rather than stopping mid-round.
             tasks.spawn(worker::run_worker(weak, config, cancels_rx, stop, drained));

@@ -50,6 +50,7 @@ pub(crate) struct RowCommit {
 }
 
 impl StateManager {
+    #[cfg(test)]
     pub(crate) fn new(store: Store) -> Self {
         Self::with_outage_timeout(store, crate::engine::DEFAULT_STORE_OUTAGE_TIMEOUT)
     }
@@ -132,7 +133,7 @@ impl StateManager {
     /// (transient errors: a restart, a failover, a dropped connection, a
     /// lock held by another process) the commit is held and tried again with
     /// backoff, for up to the outage timeout; nothing is acted on meanwhile.
-    async fn commit_whole(&self, batch: &TransitionBatch) -> Result<BatchOutcome, StoreError> {
+    pub(crate) async fn commit_whole(&self, batch: &TransitionBatch) -> Result<BatchOutcome, StoreError> {
         let mut delay = Duration::from_millis(50);
         let mut outage: Option<(std::time::Instant, std::time::Instant)> = None;
         loop {

@@ -6,7 +6,10 @@
 //! A worker never decides what runs next: the job's scheduler does, from the
 //! outcomes workers commit. A worker that cannot reach the database stops
 //! claiming, and once its lease has surely lapsed it stops its attempts,
-//! because the reaper will have handed them to someone else.
+//! because the reaper will have handed them to someone else. The outcomes it
+//! already has are held and committed when the database answers again (for
+//! up to the store outage timeout): the fencing token decides whether they
+//! still count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -19,7 +22,7 @@ use cascade_store::{
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +47,8 @@ pub(crate) struct WorkerConfig {
     /// How long a claim lasts without a heartbeat.
     pub(crate) task_lease: Duration,
     pub(crate) cancel_grace: Duration,
+    /// How long outcomes are held and committed again while the store is away.
+    pub(crate) store_outage_timeout: Duration,
 }
 
 struct Running {
@@ -95,10 +100,16 @@ pub(crate) async fn run_worker(
     }));
     tracing::info!(worker = %id, queues = ?config.queues, capacity = config.capacity, "worker started");
     let wakeup = Arc::clone(cascade.inner());
+    let state = StateManager::with_outage_timeout(cascade.raw_store().clone(), config.store_outage_timeout);
     drop(cascade);
 
     let (reports, mut completions) = mpsc::channel::<Command>(1024);
     let mut running: HashMap<(JobId, usize), Running> = HashMap::new();
+    // Outcomes being committed, each batch in a task of its own that holds it
+    // through a store outage; the heartbeat keeps their rows' leases (by row
+    // id) meanwhile, so that nobody takes back a task whose outcome is known.
+    let mut committing: JoinSet<()> = JoinSet::new();
+    let mut committing_rows: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
     let mut versions: HashMap<(DagId, i32), Arc<RegisteredDag>> = HashMap::new();
     let mut last_heartbeat = Instant::now();
     let mut database_ok = true;
@@ -133,7 +144,7 @@ pub(crate) async fn run_worker(
                 }
             }
         }
-        if stopping && running.is_empty() {
+        if stopping && running.is_empty() && committing.is_empty() {
             break;
         }
         drop(cascade);
@@ -157,11 +168,26 @@ pub(crate) async fn run_worker(
                     }
                     next = completions.try_recv().ok();
                 }
-                if let Some(cascade) = engine.upgrade().map(Cascade::from_inner)
-                    && tokio::time::timeout(config.task_lease, finish(&cascade, &id, finished, &mut rng)).await.is_err()
+                let rows = outcomes(&id, finished, &mut rng);
+                if !rows.is_empty()
+                    && let Some(cascade) = engine.upgrade().map(Cascade::from_inner)
                 {
-                    tracing::error!("committing outcomes timed out; the tasks return to the queue when their leases lapse");
+                    let row_ids = rows.iter().map(|(row_id, ..)| *row_id).collect();
+                    let rows = rows.into_iter().map(|(_, dag_id, number, t)| (dag_id, number, t)).collect();
+                    let state = state.clone();
+                    let task = committing.spawn(async move { finish(&cascade, &state, rows).await });
+                    committing_rows.insert(task.id(), row_ids);
                 }
+            }
+            Some(done) = committing.join_next_with_id(), if !committing.is_empty() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(error) => {
+                        tracing::error!(%error, "committing outcomes ended abnormally; the tasks return to the queue when their leases lapse");
+                        error.id()
+                    }
+                };
+                committing_rows.remove(&task);
             }
             Some(job_id) = cancels.recv() => {
                 for ((job, _), attempt) in &mut running {
@@ -192,7 +218,11 @@ pub(crate) async fn run_worker(
                         &id,
                         now,
                         now + chrono(config.task_lease),
-                        &running.values().map(|r| r.row_id).collect::<Vec<_>>(),
+                        &running
+                            .values()
+                            .map(|r| r.row_id)
+                            .chain(committing_rows.values().flatten().copied())
+                            .collect::<Vec<_>>(),
                     ),
                 )
                 .await
@@ -492,17 +522,18 @@ fn plan_task_id(dag: &RegisteredDag, index: usize) -> String {
     dag.task_ids[index].to_string()
 }
 
-/// Commits the outcomes of finished attempts in one transaction; each is
-/// applied only if this worker still holds its task (fencing token). If the
-/// store refuses the batch for a reason that belongs to one row (a value it
-/// cannot hold), each outcome is committed on its own instead and the
-/// refused one becomes a failure of its task, so that the others stand and
-/// no task goes back to the queue over it. A success refused because the
-/// job's cancel was requested meanwhile is committed as `cancelled`.
-async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Completion)>, rng: &mut u64) {
-    let mut rows: Vec<(DagId, u32, TaskTransition)> = Vec::new();
+/// The transitions that record the outcomes of finished attempts, each with
+/// its task's row id, DAG and attempt number. An attempt stopped by a lapsed
+/// lease or a shutdown has none: the reaper settles its row.
+fn outcomes(
+    worker: &str,
+    finished: Vec<(Running, Completion)>,
+    rng: &mut u64,
+) -> Vec<(i64, DagId, u32, TaskTransition)> {
+    let mut rows = Vec::new();
     for (attempt, completion) in finished {
         let Running {
+            row_id,
             dag,
             task: t,
             token,
@@ -573,12 +604,22 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
                 ..TaskChanges::default()
             },
         };
-        rows.push((dag.record.id, number, transition));
+        rows.push((row_id, dag.record.id, number, transition));
     }
-    if rows.is_empty() {
-        return;
-    }
-    let committed = commit_outcomes(cascade, rows).await;
+    rows
+}
+
+/// Commits the outcomes of finished attempts in one transaction; each is
+/// applied only if this worker still holds its task (fencing token). While
+/// the store is away the batch is held and tried again, for up to the store
+/// outage timeout. If the store refuses the batch for a reason that belongs
+/// to one row (a value it cannot hold), each outcome is committed on its own
+/// instead and the refused one becomes a failure of its task, so that the
+/// others stand and no task goes back to the queue over it. A success
+/// refused because the job's cancel was requested meanwhile is committed as
+/// `cancelled`.
+async fn finish(cascade: &Cascade, state: &StateManager, rows: Vec<(DagId, u32, TaskTransition)>) {
+    let committed = commit_outcomes(state, rows).await;
     let refused = publish_outcomes(cascade, committed);
     if refused.is_empty() {
         return;
@@ -611,7 +652,7 @@ async fn finish(cascade: &Cascade, worker: &str, finished: Vec<(Running, Complet
         })
         .collect();
     if !rows.is_empty() {
-        let committed = commit_outcomes(cascade, rows).await;
+        let committed = commit_outcomes(state, rows).await;
         publish_outcomes(cascade, committed);
     }
 }
@@ -631,10 +672,11 @@ fn cancelled_instead(mut transition: TaskTransition) -> TaskTransition {
     transition
 }
 
-/// Commits outcomes in one batch; each is applied only if this worker still
-/// holds its task (fencing token), and announced only if it was.
+/// Commits outcomes in one batch, held through a store outage; each is
+/// applied only if this worker still holds its task (fencing token), and
+/// announced only if it was.
 async fn commit_outcomes(
-    cascade: &Cascade,
+    state: &StateManager,
     rows: Vec<(DagId, u32, TaskTransition)>,
 ) -> Vec<(DagId, u32, TaskTransition, bool)> {
     // Each outcome is announced only if its compare-and-set wins: a worker
@@ -655,16 +697,16 @@ async fn commit_outcomes(
             .map(|(i, (_, n, t))| announce(i, *n, t))
             .collect(),
     };
-    match cascade.raw_store().commit_transitions(&batch).await {
+    match state.commit_whole(&batch).await {
         Ok(outcome) => rows
             .into_iter()
             .zip(outcome.tasks)
             .map(|((dag_id, number, transition), won)| (dag_id, number, transition, won))
             .collect(),
-        Err(error) if error.kind() == cascade_store::ErrorKind::Unavailable => {
+        Err(error) if error.is_transient() || error.kind() == cascade_store::ErrorKind::Unavailable => {
             tracing::error!(
                 %error, tasks = batch.tasks.len(),
-                "could not commit outcomes; the tasks return to the queue when their leases lapse"
+                "could not commit outcomes before the store outage timeout; the tasks return to the queue when their leases lapse"
             );
             Vec::new()
         }
@@ -677,7 +719,6 @@ async fn commit_outcomes(
                 .iter()
                 .map(|(dag_id, number, t)| ((t.job_id, t.task_id.clone()), (*dag_id, *number)))
                 .collect();
-            let state = StateManager::new(cascade.raw_store().clone());
             let results = state
                 .commit_each(rows.into_iter().map(|(_, _, t)| t).collect(), |t| {
                     let number = numbers.get(&(t.job_id, t.task_id.clone())).map_or(0, |n| n.1);

@@ -562,6 +562,8 @@ pub struct TcpProxy {
     addr: std::net::SocketAddr,
     state: tokio::sync::watch::Sender<ProxyState>,
     accept: tokio::task::JoinHandle<()>,
+    /// Reads from clients that wait for the end of a hold.
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -579,12 +581,24 @@ impl TcpProxy {
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (state, states) = tokio::sync::watch::channel(ProxyState::default());
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&held);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(proxy_connection(client, target, states.clone()));
+                tokio::spawn(proxy_connection(
+                    client,
+                    target,
+                    states.clone(),
+                    std::sync::Arc::clone(&counter),
+                ));
             }
         });
-        TcpProxy { addr, state, accept }
+        TcpProxy {
+            addr,
+            state,
+            accept,
+            held,
+        }
     }
 
     /// Where clients connect instead of the target.
@@ -631,6 +645,12 @@ impl TcpProxy {
     pub fn release(&self) {
         self.state.send_modify(|state| state.held = false);
     }
+
+    /// How many pieces of what clients sent wait for the end of the hold
+    /// now (a statement sent during the hold is one, or a few).
+    pub fn held_from_clients(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -644,6 +664,7 @@ async fn proxy_connection(
     mut client: tokio::net::TcpStream,
     target: std::net::SocketAddr,
     mut states: tokio::sync::watch::Receiver<ProxyState>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let born = *states.borrow_and_update();
     if born.cut {
@@ -657,8 +678,8 @@ async fn proxy_connection(
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let forward = futures_util::future::join(
-        forward(client_read, upstream_write, states.clone()),
-        forward(upstream_read, client_write, states.clone()),
+        forward(client_read, upstream_write, states.clone(), Some(&held)),
+        forward(upstream_read, client_write, states.clone(), None),
     );
     let interrupted = tokio::select! {
         _ = forward => None,
@@ -679,6 +700,7 @@ async fn forward(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
     mut states: tokio::sync::watch::Receiver<ProxyState>,
+    held: Option<&std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0_u8; 64 * 1024];
@@ -687,11 +709,36 @@ async fn forward(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if states.wait_for(|s| !s.held).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+        if states.borrow().held {
+            // Counted while it waits (and not after: a cut may drop it).
+            let waiting = held.map(HeldCount::new);
+            let released = states.wait_for(|s| !s.held).await.is_ok();
+            drop(waiting);
+            if !released {
+                break;
+            }
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
             break;
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// One read waiting for the end of a hold, counted while it lives.
+struct HeldCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> HeldCount<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        HeldCount(count)
+    }
+}
+
+impl Drop for HeldCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Applies only the first `n` embedded migrations to the database at `url`

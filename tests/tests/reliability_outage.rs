@@ -1,9 +1,10 @@
 //! The store goes away mid-job and comes back: a PostgreSQL cluster of the
 //! test's own restarted (fast and immediate) or stopped for seconds while a
-//! 200-task job has tasks in flight, and a SQLite file whose write lock
-//! another process holds for 10 s. The engine holds its commits, starts
-//! nothing new, and finishes the job; no task whose success was committed
-//! runs again.
+//! 200-task job has tasks in flight, on an all-in-one engine and on a
+//! scheduler with a worker, and a SQLite file whose write lock another
+//! process holds for 10 s. The engine holds its commits (a worker its
+//! outcomes), starts nothing new, and finishes the job; no task whose success
+//! was committed runs again.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cascade_core::{Cascade, Dag, JobStatus, TaskContext, TaskResult, TaskStatus};
-use cascade_store::testing::ThrowawayCluster;
+use cascade_core::{Cascade, Dag, JobStatus, Role, TaskContext, TaskResult, TaskStatus};
+use cascade_store::testing::{TcpProxy, ThrowawayCluster};
 use cascade_tests::crash::{mark, marks, temp_dir};
 use cascade_tests::{dag_from, init_tracing, ir, sqlite_url};
 
@@ -56,8 +57,9 @@ async fn wait_for_marks(dir: &Path, name: &str, n: usize) {
 }
 
 /// Every task succeeded once in the store; a task ran twice only if its
-/// completion was not committed when the store went away.
-async fn check_job(cascade: &Cascade, job_id: cascade_core::JobId, dir: &Path, n: usize) {
+/// completion was not committed when the store went away. Returns the tasks
+/// (idempotency keys) that ran twice.
+async fn check_job(cascade: &Cascade, job_id: cascade_core::JobId, dir: &Path, n: usize) -> Vec<String> {
     let job = tokio::time::timeout(Duration::from_secs(120), cascade.wait_for_job(job_id))
         .await
         .expect("the job finished after the outage")
@@ -95,11 +97,27 @@ async fn check_job(cascade: &Cascade, job_id: cascade_core::JobId, dir: &Path, n
             .count();
         assert_eq!(successes, 1, "{}: {attempts:?}", summary.task_id);
     }
+    let mut again: Vec<String> = again.into_iter().map(|(key, _)| key.clone()).collect();
+    again.sort();
+    again
 }
 
 enum Outage {
     Restart(&'static str),
     Down(Duration),
+}
+
+impl Outage {
+    async fn happen(self, cluster: &ThrowawayCluster) {
+        match self {
+            Outage::Restart(mode) => cluster.restart(mode).await,
+            Outage::Down(down) => {
+                cluster.stop("immediate").await;
+                tokio::time::sleep(down).await;
+                cluster.start_again().await;
+            }
+        }
+    }
 }
 
 async fn outage_mid_job(outage: Outage) {
@@ -122,14 +140,7 @@ async fn outage_mid_job(outage: Outage) {
         .await
         .expect("trigger");
     wait_for_marks(&dir, "done", 40).await;
-    match outage {
-        Outage::Restart(mode) => cluster.restart(mode).await,
-        Outage::Down(down) => {
-            cluster.stop("immediate").await;
-            tokio::time::sleep(down).await;
-            cluster.start_again().await;
-        }
-    }
+    outage.happen(&cluster).await;
     check_job(&cascade, job.id, &dir, TASKS).await;
     cascade.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
@@ -149,6 +160,155 @@ async fn postgres_immediate_restart_mid_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_seconds_mid_job() {
     outage_mid_job(Outage::Down(Duration::from_secs(4))).await;
+}
+
+/// The worker's heartbeat in the tests below; its claims' leases last three.
+const WORKER_HEARTBEAT: Duration = Duration::from_secs(6);
+
+/// A scheduler and a worker (two engines) on `url` and `worker_url`, with
+/// the wide DAG of `n` tasks registered on both.
+async fn pair(url: &str, worker_url: &str, n: usize) -> (Cascade, Cascade, cascade_core::DagId) {
+    let node = |role: Role, url: &str| {
+        Cascade::builder()
+            .database_url(url)
+            .role(role)
+            .capacity(RUNNERS)
+            .heartbeat_interval(WORKER_HEARTBEAT)
+            .poll_interval(Duration::from_millis(50))
+            .shutdown_timeout(Duration::from_secs(5))
+            .build()
+    };
+    let scheduler = node(Role::Scheduler, url).await.expect("scheduler");
+    let worker = node(Role::Worker, worker_url).await.expect("worker");
+    let record = scheduler
+        .register_dag(wide_dag("outage_worker", n))
+        .await
+        .expect("register");
+    worker
+        .register_dag(wide_dag("outage_worker", n))
+        .await
+        .expect("register");
+    (scheduler, worker, record.id)
+}
+
+/// No task ran twice, unless the outage outlasted the leases the worker had
+/// (three heartbeats, at least two of them left when it began): until then
+/// the worker holds the outcomes it could not commit, and keeps their leases.
+fn check_no_rerun(outage: Duration, again: &[String]) {
+    if outage < WORKER_HEARTBEAT {
+        assert!(
+            again.is_empty(),
+            "tasks ran again after a {outage:?} outage, though the worker held their outcomes: {again:?}"
+        );
+    } else {
+        eprintln!(
+            "a {outage:?} outage may outlast a lease: {} tasks ran again",
+            again.len()
+        );
+    }
+}
+
+/// A scheduler and a worker share the cluster, restarted mid-job: the job
+/// succeeds, no task whose success was committed runs again, and the
+/// outcomes of attempts that end while the server is away are held by the
+/// worker and committed once it is back, so no task runs twice at all.
+async fn outage_mid_job_on_a_worker(outage: Outage) {
+    init_tracing();
+    let Some(cluster) = ThrowawayCluster::start().await else {
+        return;
+    };
+    let url = cluster.url();
+    let (scheduler, worker, dag_id) = pair(&url, &url, TASKS).await;
+    let dir = temp_dir("outage-worker");
+    let job = scheduler
+        .trigger_job(
+            dag_id,
+            "manual",
+            serde_json::json!({ "dir": dir.display().to_string(), "ms": 30 }),
+        )
+        .await
+        .expect("trigger");
+    wait_for_marks(&dir, "done", 40).await;
+    let began = Instant::now();
+    outage.happen(&cluster).await;
+    let outage = began.elapsed();
+    let again = check_job(&scheduler, job.id, &dir, TASKS).await;
+    check_no_rerun(outage, &again);
+    worker.shutdown().await.expect("shutdown");
+    scheduler.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fast_restart_mid_job_on_a_worker() {
+    outage_mid_job_on_a_worker(Outage::Restart("fast")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_immediate_restart_mid_job_on_a_worker() {
+    outage_mid_job_on_a_worker(Outage::Restart("immediate")).await;
+}
+
+/// The commit of a worker's outcomes is on its way when the server restarts
+/// (the worker reaches it through a proxy that holds the commit until then),
+/// so that commit fails: the worker holds the outcomes and commits them
+/// again once the server is back, rather than dropping them and letting the
+/// tasks run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_with_outcomes_on_the_wire() {
+    init_tracing();
+    let Some(cluster) = ThrowawayCluster::start().await else {
+        return;
+    };
+    let url = cluster.url();
+    let proxy = TcpProxy::start(cluster.addr()).await;
+    // As many tasks as the worker runs at once: it claims them together, and
+    // then, full, nothing more until their outcomes are in.
+    let (scheduler, worker, dag_id) = pair(&url, &proxy.url_through(&url), RUNNERS).await;
+    let dir = temp_dir("outage-wire");
+    let job = scheduler
+        .trigger_job(
+            dag_id,
+            "manual",
+            serde_json::json!({ "dir": dir.display().to_string(), "ms": 1000 }),
+        )
+        .await
+        .expect("trigger");
+    // Running, and their claims announced (the scheduler has heard of them):
+    // the worker has nothing more to send until their outcomes.
+    wait_for_marks(&dir, "runs", RUNNERS).await;
+    let start = Instant::now();
+    loop {
+        let state = scheduler.job_state(job.id).await.expect("state");
+        if state.tasks.iter().all(|t| t.status == TaskStatus::Running) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the claims were not announced: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.hold();
+    wait_for_marks(&dir, "done", RUNNERS).await;
+    let start = Instant::now();
+    while proxy.held_from_clients() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker sent no commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let began = Instant::now();
+    cluster.restart("immediate").await;
+    // The held commit goes on to a connection the server has closed.
+    proxy.release();
+    let outage = began.elapsed();
+    let again = check_job(&scheduler, job.id, &dir, RUNNERS).await;
+    check_no_rerun(outage, &again);
+    worker.shutdown().await.expect("shutdown");
+    scheduler.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
