@@ -1873,7 +1873,7 @@ impl Scheduler {
         let reports = self.reports.clone();
         let owner = self.config.worker_id.clone();
         let lease = chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(30));
-        tokio::spawn(async move {
+        self.config.tasks.spawn(async move {
             let now = Utc::now();
             match store.claim_job(job_id, &owner, now + lease, now).await {
                 Ok(true) => {}
