@@ -123,25 +123,20 @@ pub(crate) async fn run_worker(
         };
         if !stopping && database_ok && running.len() < config.capacity {
             // Bounded, so that a database that stops answering cannot hold the
-            // loop (and the heartbeat that watches the lease) hostage.
+            // loop (and the heartbeat that watches the lease) hostage. Each
+            // attempt is tracked as soon as it starts, so one that started
+            // before the bound cut the claim short is still watched.
             let claimed = tokio::time::timeout(
                 config.task_lease,
-                claim(&cascade, &config, &id, running.len(), &mut versions, &reports),
+                claim(&cascade, &config, &id, &mut running, &mut versions, &reports),
             )
             .await
             .unwrap_or_else(|_| {
                 database_ok = false;
-                Ok(Vec::new())
+                Ok(())
             });
-            match claimed {
-                Ok(started) => {
-                    for (key, attempt) in started {
-                        running.insert(key, attempt);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "claiming failed; retrying after the next poll");
-                }
+            if let Err(error) = claimed {
+                tracing::warn!(%error, "claiming failed; retrying after the next poll");
             }
         }
         if stopping && running.is_empty() && committing.is_empty() {
@@ -362,18 +357,21 @@ pub(crate) async fn keep_registered(
     }
 }
 
+/// Claims up to the free capacity and starts what it got, adding each
+/// attempt to `running` as it starts.
 async fn claim(
     cascade: &Cascade,
     config: &WorkerConfig,
     id: &str,
-    busy: usize,
+    running: &mut HashMap<(JobId, usize), Running>,
     versions: &mut HashMap<(DagId, i32), Arc<RegisteredDag>>,
     reports: &mpsc::Sender<Command>,
-) -> crate::Result<Vec<((JobId, usize), Running)>> {
+) -> crate::Result<()> {
     let dag_ids = cascade.registered_ids();
     if dag_ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
+    let busy = running.len();
     let now = Utc::now();
     let claimed = cascade
         .raw_store()
@@ -387,11 +385,12 @@ async fn claim(
             labels: config.labels.clone(),
         })
         .await?;
-    let mut started = Vec::with_capacity(claimed.len());
     let mut announce = TransitionBatch::default();
     for task in claimed {
         match start(cascade, task, versions, reports, &mut announce).await {
-            Ok(Some(entry)) => started.push(entry),
+            Ok(Some((key, attempt))) => {
+                running.insert(key, attempt);
+            }
             Ok(None) => {}
             Err(error) => tracing::error!(%error, "could not start a claimed task; its lease will return it"),
         }
@@ -401,7 +400,7 @@ async fn claim(
     {
         tracing::warn!(%error, "could not announce claims; schedulers learn of them by polling");
     }
-    Ok(started)
+    Ok(())
 }
 
 async fn start(
