@@ -102,6 +102,18 @@ async fn check_job(cascade: &Cascade, job_id: cascade_core::JobId, dir: &Path, n
     again
 }
 
+/// Prints how long after the server was back (now) the first task started
+/// (`--nocapture` shows it): the recovery time of a database restart.
+async fn report_recovery(dir: &Path, what: &str) {
+    let back = Instant::now();
+    let started = marks(dir, "runs").len();
+    wait_for_marks(dir, "runs", started + 1).await;
+    eprintln!(
+        "recovery ({what}): first task started {:?} after the server was back",
+        back.elapsed()
+    );
+}
+
 enum Outage {
     Restart(&'static str),
     Down(Duration),
@@ -141,6 +153,7 @@ async fn outage_mid_job(outage: Outage) {
         .expect("trigger");
     wait_for_marks(&dir, "done", 40).await;
     outage.happen(&cluster).await;
+    report_recovery(&dir, "all-in-one").await;
     check_job(&cascade, job.id, &dir, TASKS).await;
     cascade.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
@@ -232,6 +245,7 @@ async fn outage_mid_job_on_a_worker(outage: Outage) {
     let began = Instant::now();
     outage.happen(&cluster).await;
     let outage = began.elapsed();
+    report_recovery(&dir, "scheduler + worker").await;
     let again = check_job(&scheduler, job.id, &dir, TASKS).await;
     check_no_rerun(outage, &again);
     worker.shutdown().await.expect("shutdown");
