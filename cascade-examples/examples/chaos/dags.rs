@@ -179,11 +179,12 @@ fn behaviour(task_id: &str) -> &str {
 /// A shell command that records its start and end like the Rust handler
 /// does, sleeps `sleep_ms`, fails its first `fail_until` attempts, and on
 /// success prints its execution name (which becomes part of its result).
-/// SIGTERM (cancellation, a stale attempt stopped) is recorded as `term`.
+/// SIGTERM (cancellation, a stale attempt stopped) is recorded as `term`;
+/// a `date` killed by that SIGTERM is run again, so that no line lacks its time.
 fn shell_command(sleep_ms: u64, fail_until: u64) -> String {
     format!(
         r#"E="$CHAOS_NODE.sh$$.$(date +%s%N)"
-line() {{ printf '%s %s exec=%s node=%s pid=%s job=%s task=%s attempt=%s key=%s%s\n' "$(date +%s%3N)" "$1" "$E" "$CHAOS_NODE" "$$" "$CASCADE_JOB_ID" "$CASCADE_TASK_ID" "$CASCADE_ATTEMPT" "$CASCADE_IDEMPOTENCY_KEY" "$2" >> "$CHAOS_LEDGER"; }}
+line() {{ t=$(date +%s%3N); [ -n "$t" ] || t=$(date +%s%3N); printf '%s %s exec=%s node=%s pid=%s job=%s task=%s attempt=%s key=%s%s\n' "$t" "$1" "$E" "$CHAOS_NODE" "$$" "$CASCADE_JOB_ID" "$CASCADE_TASK_ID" "$CASCADE_ATTEMPT" "$CASCADE_IDEMPOTENCY_KEY" "$2" >> "$CHAOS_LEDGER"; }}
 trap 'line end " outcome=term"; exit 143' TERM
 line start ""
 sleep {secs}.{millis:03} & wait $!

@@ -11,7 +11,10 @@
 //!
 //! Options: `--minutes M` (fractions allowed) or `--seconds N`, `--seed S`
 //! (default: from the clock; printed either way), `--keep` (keep the run's
-//! directory — ledger and engine logs — even when no invariant broke). The
+//! directory — ledger, store dump and engine logs — even when no invariant
+//! broke), `--roles all|distributed` (only the two all-in-one engines, or
+//! only the scheduler and the workers, instead of all five), `--no-faults`
+//! (the same jobs without any fault, a baseline). The
 //! exit status is 0 when every invariant held, 1 when one did not, 2 when
 //! the run itself could not be carried out. Needs `initdb` and `pg_ctl`;
 //! never touches any other PostgreSQL server. RELIABILITY.md describes
@@ -36,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::driver::Driver;
 use crate::ledger::{Ledger, now_ms};
-use crate::nodes::{Nodes, SLOTS, ShellWatcher};
+use crate::nodes::{Nodes, ShellWatcher};
 use crate::rng::Rng;
 
 /// Job lease of every engine; with [`HEARTBEAT`], also the task lease of
@@ -58,6 +61,10 @@ struct Options {
     seconds: f64,
     seed: u64,
     keep: bool,
+    /// `mixed`, `all` or `distributed`.
+    roles: String,
+    deployment: &'static [(&'static str, &'static str)],
+    faults: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,7 +81,9 @@ fn main() -> ExitCode {
     let options = match parse_options(&args) {
         Ok(options) => options,
         Err(error) => {
-            eprintln!("chaos: {error}\nusage: chaos [--minutes M | --seconds N] [--seed S] [--keep]");
+            eprintln!(
+                "chaos: {error}\nusage: chaos [--minutes M | --seconds N] [--seed S] [--keep] [--roles mixed|all|distributed] [--no-faults]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -110,6 +119,9 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         seconds: 60.0,
         seed: now_ms(),
         keep: false,
+        roles: "mixed".to_owned(),
+        deployment: nodes::MIXED,
+        faults: true,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -134,6 +146,18 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 options.seed = value("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?;
             }
             "--keep" => options.keep = true,
+            "--no-faults" => options.faults = false,
+            "--roles" => {
+                options.roles = value("--roles")?;
+                options.deployment = match options.roles.as_str() {
+                    "mixed" => nodes::MIXED,
+                    "all" => nodes::ALL_IN_ONE,
+                    "distributed" => nodes::DISTRIBUTED,
+                    other => {
+                        return Err(format!("--roles `{other}`: use mixed, all or distributed"));
+                    }
+                };
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -161,9 +185,20 @@ async fn run(options: &Options) -> Result<serde_json::Value, String> {
             .ok_or("no initdb/pg_ctl found: the chaos run needs a PostgreSQL cluster of its own")?,
     );
     let mut driver = Driver::start(&cluster.url(), seed, Arc::clone(&ledger)).await?;
-    let nodes = Arc::new(Nodes::start(cluster.addr(), cluster.url(), &dir, seed, Arc::clone(&ledger)).await?);
+    let nodes = Arc::new(
+        Nodes::start(
+            options.deployment,
+            cluster.addr(),
+            cluster.url(),
+            &dir,
+            seed,
+            Arc::clone(&ledger),
+        )
+        .await?,
+    );
     let ready_path = ledger_path.clone();
-    tokio::task::spawn_blocking(move || nodes::wait_ready(&ready_path, Duration::from_secs(120)))
+    let count = options.deployment.len();
+    tokio::task::spawn_blocking(move || nodes::wait_ready(&ready_path, count, Duration::from_secs(120)))
         .await
         .map_err(|e| e.to_string())??;
     let watcher = ShellWatcher::start(Arc::clone(&ledger));
@@ -176,7 +211,7 @@ async fn run(options: &Options) -> Result<serde_json::Value, String> {
         Arc::clone(&nodes),
         Arc::clone(&ledger),
         Rng::for_parts(seed, &["faults"]),
-        until,
+        if options.faults { until } else { Instant::now() },
     ));
     driver.run(until).await;
     faults.await.map_err(|e| format!("fault injection failed: {e}"))?;
@@ -247,6 +282,7 @@ fn report(
     json!({
         "seed": options.seed,
         "minutes": options.seconds / 60.0,
+        "roles": options.roles,
         "jobs": store.len(),
         "jobs_by_status": by_status,
         "tasks": store.iter().map(|d| d.tasks.len()).sum::<usize>(),
@@ -300,7 +336,7 @@ async fn inject_faults(
         if Instant::now() >= until {
             return;
         }
-        let index = rng.range(0, SLOTS.len() as u64 - 1) as usize;
+        let index = rng.range(0, nodes.len() as u64 - 1) as usize;
         match rng.weighted(&[25, 25, 12, 12, 26]) {
             0 => {
                 let at = now_ms();
@@ -355,14 +391,14 @@ async fn inject_faults(
             _ => {
                 let every = rng.chance(0.2);
                 let cut: Vec<usize> = if every {
-                    (0..SLOTS.len()).collect()
+                    (0..nodes.len()).collect()
                 } else {
                     vec![index]
                 };
                 let scope = if every {
                     "all".to_owned()
                 } else {
-                    format!("slot:{}", SLOTS[index].0)
+                    format!("slot:{}", nodes.slot_name(index))
                 };
                 let length = Duration::from_millis(rng.range(2_000, 6_000));
                 eprintln!("chaos: cut {scope} for {length:?}");

@@ -15,14 +15,19 @@ use cascade_store::testing::TcpProxy;
 
 use crate::ledger::{self, Ledger};
 
-/// The slots: name and role.
-pub(crate) const SLOTS: [(&str, &str); 5] = [
+/// The slots of the default deployment: name and role.
+pub(crate) const MIXED: &[(&str, &str)] = &[
     ("all1", "all"),
     ("all2", "all"),
     ("sched", "scheduler"),
     ("work1", "worker"),
     ("work2", "worker"),
 ];
+/// Only all-in-one engines (`--roles all`).
+pub(crate) const ALL_IN_ONE: &[(&str, &str)] = &[("all1", "all"), ("all2", "all")];
+/// A scheduler and workers only (`--roles distributed`).
+pub(crate) const DISTRIBUTED: &[(&str, &str)] =
+    &[("sched", "scheduler"), ("work1", "worker"), ("work2", "worker")];
 
 struct Slot {
     name: &'static str,
@@ -54,6 +59,7 @@ impl std::fmt::Debug for Nodes {
 impl Nodes {
     /// Starts a proxy per slot in front of `cluster` and every process.
     pub(crate) async fn start(
+        deployment: &'static [(&'static str, &'static str)],
         cluster: std::net::SocketAddr,
         cluster_url: String,
         dir: &Path,
@@ -62,7 +68,7 @@ impl Nodes {
     ) -> Result<Nodes, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
         let mut slots = Vec::new();
-        for (name, role) in SLOTS {
+        for &(name, role) in deployment {
             slots.push(Slot {
                 name,
                 role,
@@ -80,7 +86,7 @@ impl Nodes {
             seed,
             ledger,
         };
-        for index in 0..SLOTS.len() {
+        for index in 0..deployment.len() {
             nodes.respawn(index)?;
         }
         Ok(nodes)
@@ -198,9 +204,19 @@ impl Nodes {
         }
     }
 
+    /// How many slots there are.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The name of slot `index`.
+    pub(crate) fn slot_name(&self, index: usize) -> &'static str {
+        self.lock()[index].name
+    }
+
     /// Kills every process (the end of the run).
     pub(crate) fn kill_all(&self) {
-        for index in 0..SLOTS.len() {
+        for index in 0..self.len() {
             self.sigkill(index, true);
         }
     }
@@ -217,17 +233,17 @@ impl Drop for Nodes {
     }
 }
 
-/// Waits until every slot's first incarnation recorded `ready`.
-pub(crate) fn wait_ready(ledger: &Path, timeout: Duration) -> Result<(), String> {
+/// Waits until `count` processes recorded `ready`.
+pub(crate) fn wait_ready(ledger: &Path, count: usize, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         let (entries, _) = ledger::read(ledger).map_err(|e| format!("reading the ledger: {e}"))?;
         let ready = entries.iter().filter(|e| e.kind == "ready").count();
-        if ready >= SLOTS.len() {
+        if ready >= count {
             return Ok(());
         }
         if start.elapsed() > timeout {
-            return Err(format!("only {ready} of {} engines started", SLOTS.len()));
+            return Err(format!("only {ready} of {count} engines started"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
