@@ -2,7 +2,9 @@
 //! builds a Cascade engine in its role, registers the run's DAGs, records
 //! `ready` in the ledger and runs until it is killed. It also records its
 //! own stalls: any gap of more than [`STALL_MS`] in a 100 ms ticker (a
-//! SIGSTOP, or a machine too busy to run it) becomes a `stall` line.
+//! SIGSTOP, or a machine too busy to run it) becomes a `stall` line. It
+//! exits when the harness that started it is gone, so that an interrupted
+//! run leaves no engine behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,7 @@ fn init_tracing() {
 }
 
 async fn serve(role: Role, url: &str, env: Arc<NodeEnv>) -> Result<(), String> {
-    tokio::spawn(record_stalls(Arc::clone(&env)));
+    tokio::spawn(watch_self(Arc::clone(&env)));
     // The database may be restarting or cut off when this process starts:
     // try until it answers (the harness kills a process it no longer needs).
     let cascade = loop {
@@ -85,11 +87,18 @@ async fn serve(role: Role, url: &str, env: Arc<NodeEnv>) -> Result<(), String> {
     cascade.run_until_shutdown().await.map_err(|e| e.to_string())
 }
 
-async fn record_stalls(env: Arc<NodeEnv>) {
+/// Records stalls, and exits once the harness is gone (this process was
+/// handed to another parent).
+async fn watch_self(env: Arc<NodeEnv>) {
     let pid = std::process::id();
+    let harness = std::os::unix::process::parent_id();
     let mut before = now_ms();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::os::unix::process::parent_id() != harness {
+            eprintln!("chaos node: the harness is gone; exiting");
+            std::process::exit(3);
+        }
         let after = now_ms();
         if after.saturating_sub(before) > STALL_MS {
             env.ledger.write(
