@@ -98,7 +98,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(&options)) {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(&options) => outcome,
+            () = interrupted() => Err("interrupted; the run's processes are stopped".to_owned()),
+        }
+    });
+    // Dropping the runtime drops the run's tasks and with them the engine
+    // processes (killed on drop, a frozen one included) and the cluster.
+    drop(runtime);
+    match outcome {
         Ok(report) => {
             println!("{report}");
             if report["violations"].as_array().is_some_and(Vec::is_empty) {
@@ -111,6 +120,21 @@ fn main() -> ExitCode {
             eprintln!("chaos: {error}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
