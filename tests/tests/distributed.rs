@@ -165,10 +165,11 @@ async fn wait_all(cascade: &Cascade, jobs: &[JobId], limit: Duration) {
             if status.is_terminal() {
                 break;
             }
-            assert!(
-                start.elapsed() < limit,
-                "job {job} still {status} after {limit:?}"
-            );
+            if start.elapsed() >= limit {
+                let details = cascade.store().get_job_with_details(job).await.expect("job");
+                let workers = cascade.store().list_workers().await.expect("workers");
+                panic!("job {job} still {status} after {limit:?}: {details:#?} {workers:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
