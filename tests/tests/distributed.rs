@@ -226,27 +226,27 @@ async fn workers_killed_and_frozen_lose_nothing() {
         .map(|w| w.id)
         .find(|id| id.split(':').nth(1) == Some(victim_pid.to_string().as_str()))
         .expect("the victim is registered");
+    // Frozen first, so that what it holds cannot change between reading it
+    // and the kill (a statement it sent just before lands meanwhile).
     let start = Instant::now();
-    while probe
-        .list_running_tasks_of_worker(&victim_id)
-        .await
-        .expect("running")
-        .is_empty()
-    {
+    let lost_on_kill: Vec<(JobId, String)> = loop {
+        victim.signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = probe
+            .list_running_tasks_of_worker(&victim_id)
+            .await
+            .expect("running");
+        if !held.is_empty() {
+            break held.into_iter().map(|t| (t.job_id, t.task_id)).collect();
+        }
+        victim.signal("-CONT");
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the victim never held a task"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
     victim.sigkill();
-    let lost_on_kill: Vec<(JobId, String)> = probe
-        .list_running_tasks_of_worker(&victim_id)
-        .await
-        .expect("running")
-        .into_iter()
-        .map(|t| (t.job_id, t.task_id))
-        .collect();
     wait_effects(500).await;
     sleeper.signal("-STOP");
     tokio::time::sleep(Duration::from_secs(2)).await;
