@@ -134,7 +134,8 @@ struct Locked {
 /// tasks per requested queue (an ordered scan of the partial claim index that
 /// stops after `$4` rows, so a claim costs about `$4` rows however many are
 /// queued), keeps the best `$4` overall, of the requested DAGs (jobs with a
-/// stored cancel request are never claimed from) and with labels that are a subset of the
+/// stored cancel request are never claimed from, nor jobs owned by an
+/// all-in-one engine, which runs its queued tasks itself) and with labels that are a subset of the
 /// worker's (`$7`; `'[]'` is tested as text first, so unlabelled tasks, the
 /// common case, need no JSON parse), skipping rows other claimers hold
 /// (so concurrent claimers never wait on nor double-claim a row); `claimed`
@@ -154,7 +155,9 @@ WITH picked AS (
           AND EXISTS (
               SELECT 1 FROM jobs AS j
               WHERE j.id = t.job_id AND j.dag_id = ANY($2) AND j.status IN ('pending', 'running')
-                AND j.cancel_requested_at IS NULL)
+                AND j.cancel_requested_at IS NULL
+                AND NOT EXISTS (
+                    SELECT 1 FROM workers AS w WHERE w.id = j.owner AND w.role = 'all'))
         ORDER BY t.priority DESC, t.updated_at, t.id
         LIMIT $4
         FOR UPDATE OF t SKIP LOCKED

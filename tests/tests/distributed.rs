@@ -872,3 +872,41 @@ async fn a_scheduler_takes_over_an_all_in_one_engines_job() {
     client.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Workers never claim the tasks of a job an all-in-one engine runs: the
+/// tasks it queues while its runners are busy wait for its own runners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_leave_an_all_in_one_engines_queued_tasks_alone() {
+    init_tracing();
+    let Some(db) = postgres_url().await else { return };
+    let dir = temp_dir("mixed-queued");
+    let client = client(&db.url).await;
+    let all = Node::start("all", &db.url, 1, &[]);
+    let _worker = Node::start("worker", &db.url, 4, &[]);
+    let fan = dag_id(&client, "fan4").await;
+    let job = client
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 300 }),
+        )
+        .await
+        .expect("trigger")
+        .id;
+    let done = tokio::time::timeout(Duration::from_secs(60), client.wait_for_job(job))
+        .await
+        .expect("the job finishes")
+        .expect("wait");
+    assert_eq!(done.status, JobStatus::Success, "{:?}", done.error);
+    let starts = starts(&dir, job);
+    assert_eq!(starts.len(), 6, "start, 4 parts, finish: {starts:?}");
+    for (task, pids) in &starts {
+        assert_eq!(
+            pids,
+            &[all.pid()],
+            "task {task} ran outside the engine that runs the job"
+        );
+    }
+    client.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
