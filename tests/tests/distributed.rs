@@ -109,6 +109,20 @@ async fn dag_id(cascade: &Cascade, name: &str) -> DagId {
         .id
 }
 
+/// Triggers `fan4` with parts that sleep `part_sleep_ms`, marking in `dir`.
+async fn trigger_fan4(cascade: &Cascade, dir: &Path, part_sleep_ms: u64) -> JobId {
+    let fan = dag_id(cascade, "fan4").await;
+    cascade
+        .trigger_job(
+            fan,
+            "test",
+            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": part_sleep_ms }),
+        )
+        .await
+        .expect("trigger")
+        .id
+}
+
 /// Waits until `n` of the job's `part…` tasks are running.
 async fn wait_parts_running(cascade: &Cascade, job: JobId, n: usize) {
     let start = Instant::now();
@@ -553,16 +567,7 @@ async fn worker_cut_off_from_the_database_stops_its_attempts() {
     let cascade = client(&url).await;
     let _scheduler = Node::start("scheduler", &url, 4, &[]);
     let cut_off = Node::start("worker", &proxy.url_through(&url), 4, &[]);
-    let fan = dag_id(&cascade, "fan4").await;
-    let job = cascade
-        .trigger_job(
-            fan,
-            "test",
-            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 8000 }),
-        )
-        .await
-        .expect("trigger")
-        .id;
+    let job = trigger_fan4(&cascade, &dir, 8000).await;
     // A claimed row is `running` before its handler starts; cut the network
     // only once all four handlers run on the worker.
     wait_handlers_started(&dir, cut_off.pid(), 4).await;
@@ -764,16 +769,7 @@ async fn an_all_in_one_engine_takes_over_a_schedulers_job() {
     let client = client(&db.url).await;
     let scheduler = Node::start("scheduler", &db.url, 4, &[]);
     let worker = Node::start("worker", &db.url, 4, &[]);
-    let fan = dag_id(&client, "fan4").await;
-    let job = client
-        .trigger_job(
-            fan,
-            "test",
-            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 4_000 }),
-        )
-        .await
-        .expect("trigger")
-        .id;
+    let job = trigger_fan4(&client, &dir, 4_000).await;
     wait_parts_running(&client, job, 4).await;
     wait_handlers_started(&dir, worker.pid(), 4).await;
     scheduler.sigkill();
@@ -833,16 +829,7 @@ async fn a_scheduler_takes_over_an_all_in_one_engines_job() {
     let all = Node::start("all", &db.url, 4, &[]);
     let all_pid = all.pid();
     let worker = Node::start("worker", &db.url, 4, &[]);
-    let fan = dag_id(&client, "fan4").await;
-    let job = client
-        .trigger_job(
-            fan,
-            "test",
-            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 4_000 }),
-        )
-        .await
-        .expect("trigger")
-        .id;
+    let job = trigger_fan4(&client, &dir, 4_000).await;
     wait_parts_running(&client, job, 4).await;
     wait_handlers_started(&dir, all_pid, 4).await;
     all.sigkill();
@@ -883,16 +870,7 @@ async fn workers_leave_an_all_in_one_engines_queued_tasks_alone() {
     let client = client(&db.url).await;
     let all = Node::start("all", &db.url, 1, &[]);
     let _worker = Node::start("worker", &db.url, 4, &[]);
-    let fan = dag_id(&client, "fan4").await;
-    let job = client
-        .trigger_job(
-            fan,
-            "test",
-            json!({ "dir": dir.display().to_string(), "sleep_ms": 0, "part_sleep_ms": 300 }),
-        )
-        .await
-        .expect("trigger")
-        .id;
+    let job = trigger_fan4(&client, &dir, 300).await;
     let done = tokio::time::timeout(Duration::from_secs(60), client.wait_for_job(job))
         .await
         .expect("the job finishes")
